@@ -1,0 +1,117 @@
+// pybind11 glue for fastsac::ReplayCore. Python (fastsac/buffers.py) validates and casts user
+// input; this layer only checks that array sizes cannot overrun memory, and drops the GIL
+// around every loop over a batch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "replay.hpp"
+
+namespace py = pybind11;
+using fastsac::ReplayConfig;
+using fastsac::ReplayCore;
+
+namespace {
+
+// A C-contiguous array of exactly `nbytes` bytes and item size `itemsize`.
+template <typename T = uint8_t>
+T* checked(const py::array& a, int64_t nbytes, int64_t itemsize, const char* name, bool write) {
+  if (!(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+  if (static_cast<int64_t>(a.nbytes()) != nbytes || static_cast<int64_t>(a.itemsize()) != itemsize)
+    throw std::invalid_argument(std::string(name) + " has " + std::to_string(a.nbytes()) +
+                                " bytes, expected " + std::to_string(nbytes));
+  if (write && !a.writeable()) throw std::invalid_argument(std::string(name) + " is read-only");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+}  // namespace
+
+void register_replay(py::module_& m) {
+  py::class_<ReplayCore>(m, "ReplayCore")
+      .def(py::init([](int64_t num_envs, int64_t ring, int64_t frame_bytes, int64_t action_dim,
+                       int64_t frame_stack, int64_t n_step, double gamma, bool transition,
+                       uint64_t seed) {
+             ReplayConfig c;
+             c.num_envs = num_envs;
+             c.ring = ring;
+             c.frame_bytes = frame_bytes;
+             c.action_dim = action_dim;
+             c.frame_stack = frame_stack;
+             c.n_step = n_step;
+             c.gamma = gamma;
+             c.storage = transition ? fastsac::Storage::Transition : fastsac::Storage::Episode;
+             c.seed = seed;
+             return new ReplayCore(c);
+           }),
+           py::arg("num_envs"), py::arg("ring"), py::arg("frame_bytes"), py::arg("action_dim"),
+           py::arg("frame_stack"), py::arg("n_step"), py::arg("gamma"), py::arg("transition"),
+           py::arg("seed"))
+      .def(
+          "add",
+          [](ReplayCore& self, const py::array& obs, const py::array& action,
+             const py::array& reward, const py::array& next_obs, const py::array& terminated,
+             const py::array& truncated) {
+            const auto& c = self.config();
+            const int64_t n = c.num_envs;
+            auto* o = checked(obs, n * c.frame_bytes, obs.itemsize(), "obs", false);
+            auto* a = checked<float>(action, n * c.action_dim * 4, 4, "action", false);
+            auto* r = checked<float>(reward, n * 4, 4, "reward", false);
+            auto* no = checked(next_obs, n * c.frame_bytes, next_obs.itemsize(), "next_obs", false);
+            auto* te = checked(terminated, n, 1, "terminated", false);
+            auto* tr = checked(truncated, n, 1, "truncated", false);
+            py::gil_scoped_release nogil;
+            self.add(o, a, r, no, te, tr);
+          },
+          "One step of every env (arrays validated and cast by fastsac.ReplayBuffer).")
+      .def(
+          "sample",
+          [](ReplayCore& self, int64_t batch, const py::array& obs, const py::array& next_obs,
+             const py::array& action, const py::array& reward, const py::array& discount,
+             int num_threads) {
+            const auto& c = self.config();
+            if (batch < 1) throw std::invalid_argument("batch_size must be >= 1");
+            const int64_t obs_bytes = batch * c.frame_stack * c.frame_bytes;
+            fastsac::SampleOut out{
+                checked(obs, obs_bytes, obs.itemsize(), "obs", true),
+                checked(next_obs, obs_bytes, next_obs.itemsize(), "next_obs", true),
+                checked<float>(action, batch * c.action_dim * 4, 4, "action", true),
+                checked<float>(reward, batch * 4, 4, "reward", true),
+                checked<float>(discount, batch * 4, 4, "discount", true)};
+            py::gil_scoped_release nogil;
+            self.sample(batch, out, num_threads);
+          },
+          py::arg("batch"), py::arg("obs"), py::arg("next_obs"), py::arg("action"),
+          py::arg("reward"), py::arg("discount"), py::arg("num_threads") = 1,
+          "Draw `batch` steps and gather them into the given arrays, without the GIL.")
+      .def_property_readonly("size", &ReplayCore::size)
+      .def_property_readonly("num_sampleable", &ReplayCore::num_sampleable)
+      .def_property_readonly("capacity", &ReplayCore::capacity)
+      .def_property_readonly("nbytes", &ReplayCore::nbytes)
+      .def_property_readonly("stride", &ReplayCore::stride)
+      .def(
+          "storage",
+          [](py::object self_obj) {
+            auto& self = self_obj.cast<ReplayCore&>();
+            // A writable uint8 view of the whole storage block that keeps the core alive.
+            return py::array(py::dtype::of<uint8_t>(),
+                             {static_cast<py::ssize_t>(self.storage_bytes())}, {1},
+                             self.storage_data(), self_obj);
+          },
+          "The raw storage block as a uint8 view (for save/load).")
+      .def("check_integrity", &ReplayCore::check_integrity)
+      .def("stream_state", &ReplayCore::stream_state)
+      .def("set_stream_state", &ReplayCore::set_stream_state)
+      .def("rng_state",
+           [](const ReplayCore& self) {
+             auto s = self.rng_state();
+             return std::vector<uint64_t>(s.begin(), s.end());
+           })
+      .def("set_rng_state", [](ReplayCore& self, const std::vector<uint64_t>& words) {
+        if (words.size() != 4) throw std::invalid_argument("rng state must have 4 words");
+        self.set_rng_state({words[0], words[1], words[2], words[3]});
+      });
+}

@@ -1,0 +1,187 @@
+// Storage and writing: construction, add(), and the state used by save/load.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "replay.hpp"
+
+namespace fastsac {
+namespace {
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+}  // namespace
+
+ReplayCore::ReplayCore(const ReplayConfig& config)
+    : cfg_(config), storage_(nullptr, std::free), streams_(config.num_envs), rng_(config.seed) {
+  require(cfg_.num_envs >= 1, "num_envs must be >= 1");
+  require(cfg_.ring >= (cfg_.storage == Storage::Episode ? 2 : 1),
+          "capacity per env must be >= 2 for episode storage (>= 1 for transition storage)");
+  require(cfg_.frame_bytes >= 1, "frame_bytes must be >= 1");
+  require(cfg_.action_dim >= 0, "action_dim must be >= 0");
+  require(cfg_.frame_stack >= 1, "frame_stack must be >= 1");
+  require(cfg_.n_step >= 1, "n_step must be >= 1");
+  require(cfg_.gamma >= 0.0 && cfg_.gamma <= 1.0, "gamma must be in [0, 1]");
+
+  const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
+  frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
+  stride_ = round_up(frame_offset_ + frames * cfg_.frame_bytes, 16);
+  const int64_t slots = cfg_.num_envs * cfg_.ring;
+  require(slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
+  storage_bytes_ = static_cast<size_t>(slots) * static_cast<size_t>(stride_);
+  // calloc: zeroed pages come from the kernel lazily, so a large buffer costs memory only as
+  // it fills, and a saved buffer never contains uninitialised bytes.
+  storage_.reset(static_cast<uint8_t*>(std::calloc(storage_bytes_, 1)));
+  if (!storage_) throw std::bad_alloc();
+}
+
+int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {
+  StreamState& st = streams_[env];
+  const int64_t pos = st.count;
+  SlotHeader* h = header(env, pos);
+  if (pos >= cfg_.ring && (h->flags & kHasStep)) --st.steps;  // overwriting the oldest step
+  h->ep_first = ep_first;
+  h->ep_end = kOpen;
+  h->reward = 0.0f;
+  h->flags = 0;
+  ++st.count;
+  return pos;
+}
+
+void ReplayCore::close_episode(int64_t env, int64_t ep_end) {
+  StreamState& st = streams_[env];
+  const int64_t lo = std::max(st.cur_first, oldest(env));
+  for (int64_t pos = st.count - 1; pos >= lo; --pos) header(env, pos)->ep_end = ep_end;
+  st.open = 0;
+}
+
+void ReplayCore::add_episode(int64_t env, const uint8_t* obs, const float* action, float reward,
+                             const uint8_t* next_obs, bool terminated, bool truncated) {
+  StreamState& st = streams_[env];
+  int64_t pos;
+  if (st.open && std::memcmp(frame_of(env, st.count - 1), obs, cfg_.frame_bytes) == 0) {
+    pos = st.count - 1;  // obs is the previous step's next_obs: share it
+  } else {
+    // A new episode. If one was running and obs does not continue it, it ended without a
+    // flag: keep its steps and treat it as truncated at its last observation.
+    if (st.open) close_episode(env, st.count - 1);
+    pos = open_slot(env, st.count);
+    st.cur_first = pos;
+    st.open = 1;
+    std::memcpy(frame_of(env, pos), obs, cfg_.frame_bytes);
+  }
+  SlotHeader* h = header(env, pos);
+  h->reward = reward;
+  h->flags = kHasStep | (terminated ? kTerminated : 0u);
+  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  ++st.steps;
+
+  const int64_t next = open_slot(env, st.cur_first);
+  std::memcpy(frame_of(env, next), next_obs, cfg_.frame_bytes);
+  if (terminated || truncated) close_episode(env, next);
+}
+
+void ReplayCore::add_transition(int64_t env, const uint8_t* obs, const float* action, float reward,
+                                const uint8_t* next_obs, bool terminated, bool truncated) {
+  StreamState& st = streams_[env];
+  if (!st.open) {
+    st.cur_first = st.count;
+    st.open = 1;
+  }
+  const int64_t pos = open_slot(env, st.cur_first);
+  SlotHeader* h = header(env, pos);
+  h->reward = reward;
+  h->flags = kHasStep | (terminated ? kTerminated : 0u);
+  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  std::memcpy(frame_of(env, pos), obs, cfg_.frame_bytes);
+  std::memcpy(next_frame_of(env, pos), next_obs, cfg_.frame_bytes);
+  ++st.steps;
+  if (terminated || truncated) close_episode(env, pos + 1);
+}
+
+void ReplayCore::add(const uint8_t* obs, const float* action, const float* reward,
+                     const uint8_t* next_obs, const uint8_t* terminated,
+                     const uint8_t* truncated) {
+  // Check everything before writing anything, so a rejected call changes nothing.
+  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
+    require(std::isfinite(reward[e]), "reward must be finite");
+    for (int64_t i = 0; i < cfg_.action_dim; ++i)
+      require(std::isfinite(action[e * cfg_.action_dim + i]), "action must be finite");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
+    const uint8_t* o = obs + e * cfg_.frame_bytes;
+    const uint8_t* no = next_obs + e * cfg_.frame_bytes;
+    const float* a = action + e * cfg_.action_dim;
+    if (cfg_.storage == Storage::Episode)
+      add_episode(e, o, a, reward[e], no, terminated[e] != 0, truncated[e] != 0);
+    else
+      add_transition(e, o, a, reward[e], no, terminated[e] != 0, truncated[e] != 0);
+  }
+}
+
+int64_t ReplayCore::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  int64_t n = 0;
+  for (const auto& st : streams_) n += st.steps;
+  return n;
+}
+
+std::vector<int64_t> ReplayCore::stream_state() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<int64_t> words;
+  words.reserve(streams_.size() * kStreamStateWords);
+  for (const auto& st : streams_) words.insert(words.end(), {st.count, st.cur_first, st.steps, st.open});
+  return words;
+}
+
+void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
+  require(words.size() == streams_.size() * kStreamStateWords, "stream state has the wrong size");
+  for (size_t e = 0; e < streams_.size(); ++e) {
+    const int64_t* w = &words[e * kStreamStateWords];
+    const int64_t held = std::min(w[0], cfg_.ring);
+    require(w[0] >= 0 && w[1] >= 0 && w[1] <= w[0] && w[2] >= 0 && w[2] <= held &&
+                (w[3] == 0 || w[3] == 1) && (cfg_.storage == Storage::Transition || !w[3] || w[0] > w[1]),
+            "stream state is inconsistent");
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (size_t e = 0; e < streams_.size(); ++e) {
+    const int64_t* w = &words[e * kStreamStateWords];
+    streams_[e] = StreamState{w[0], w[1], w[2], w[3]};
+  }
+}
+
+void ReplayCore::check_integrity() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const bool episode = cfg_.storage == Storage::Episode;
+  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
+    const StreamState& st = streams_[e];
+    int64_t steps = 0;
+    for (int64_t pos = oldest(e); pos < st.count; ++pos) {
+      const SlotHeader* h = header(e, pos);
+      const bool step = (h->flags & kHasStep) != 0;
+      steps += step;
+      bool ok = h->flags <= (kHasStep | kTerminated) && h->ep_first >= 0 && h->ep_first <= pos;
+      if (h->ep_end == kOpen)
+        ok = ok && st.open && h->ep_first == st.cur_first;
+      else
+        ok = ok && h->ep_end <= avail_end(e) && (step ? h->ep_end > pos : h->ep_end >= pos);
+      ok = ok && (step || (episode && !(h->flags & kTerminated)));
+      if (!ok)
+        throw std::invalid_argument("replay state is corrupt at env " + std::to_string(e) +
+                                    ", position " + std::to_string(pos));
+    }
+    if (steps != st.steps) throw std::invalid_argument("replay state is corrupt: step count");
+  }
+}
+
+}  // namespace fastsac

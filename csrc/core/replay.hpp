@@ -1,0 +1,157 @@
+// The replay-memory core: plain C++17, no Python, no torch.
+//
+// Every env stream owns a ring of `ring` slots. A slot is one record: a header, the step's
+// action, and one frame (storage "episode") or obs + next_obs frames (storage "transition").
+// Positions are absolute per stream (0, 1, 2, ... never wrapping); slot = position % ring.
+//
+// Episode storage: an episode of T steps occupies T + 1 consecutive positions; position i holds
+// observation i, and the step taken from it (action, reward) when i < T. The next observation
+// of a step is the next position, so each observation is stored once; the last position holds
+// the final observation (what a truncated episode bootstraps from).
+// Transition storage: one position per step, holding obs and next_obs as given.
+//
+// Frame stacks and n-step returns are built at sample time from neighbouring positions of the
+// same episode (header.ep_first .. header.ep_end). A step is sampleable when its stack and its
+// n-step window are still held and, for an episode still running, the window is complete.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "rng.hpp"
+
+namespace fastsac {
+
+enum class Storage : int { Episode = 0, Transition = 1 };
+
+struct ReplayConfig {
+  int64_t num_envs = 1;
+  int64_t ring = 1;          // slots per env stream
+  int64_t frame_bytes = 1;   // bytes of one observation
+  int64_t action_dim = 1;    // float32 values per action
+  int64_t frame_stack = 1;
+  int64_t n_step = 1;
+  double gamma = 0.99;
+  Storage storage = Storage::Episode;
+  uint64_t seed = 0;
+};
+
+// Per-slot metadata, at the start of every record.
+struct SlotHeader {
+  int64_t ep_first;  // position of the episode's first observation
+  int64_t ep_end;    // episode mode: position of its final observation; transition mode: one past
+                     // its last step. kOpen while the episode is still running.
+  float reward;
+  uint32_t flags;  // kHasStep | kTerminated
+};
+static_assert(sizeof(SlotHeader) == 24, "SlotHeader layout is part of the saved format");
+
+constexpr int64_t kOpen = INT64_MAX;
+constexpr uint32_t kHasStep = 1u;
+constexpr uint32_t kTerminated = 2u;
+
+// Per env stream counters; saved with the storage.
+struct StreamState {
+  int64_t count = 0;      // positions written so far
+  int64_t cur_first = 0;  // first position of the running episode (valid when open)
+  int64_t steps = 0;      // steps (slots with kHasStep) currently held
+  int64_t open = 0;       // 1 while an episode is running
+};
+constexpr int kStreamStateWords = 4;
+
+// Where sample() writes. All arrays are C-contiguous with `batch` rows.
+struct SampleOut {
+  uint8_t* obs;        // batch x frame_stack x frame_bytes
+  uint8_t* next_obs;   // batch x frame_stack x frame_bytes
+  float* action;       // batch x action_dim
+  float* reward;       // batch
+  float* discount;     // batch
+};
+
+class ReplayCore {
+ public:
+  explicit ReplayCore(const ReplayConfig& config);
+
+  // One step of every env: arrays hold num_envs rows. Rows must already be validated; the
+  // core only re-checks what could corrupt its memory.
+  void add(const uint8_t* obs, const float* action, const float* reward, const uint8_t* next_obs,
+           const uint8_t* terminated, const uint8_t* truncated);
+
+  // Draws `batch` sampleable steps uniformly (with replacement) and gathers them into `out`.
+  // Releases nothing: the caller decides about the GIL. Throws std::invalid_argument if fewer
+  // than `batch` steps are sampleable.
+  void sample(int64_t batch, const SampleOut& out, int num_threads);
+
+  int64_t size() const;            // steps held
+  int64_t num_sampleable() const;  // steps sample() can return
+  int64_t capacity() const { return cfg_.num_envs * cfg_.ring; }
+  int64_t nbytes() const { return static_cast<int64_t>(storage_bytes_); }
+  int64_t stride() const { return stride_; }
+  const ReplayConfig& config() const { return cfg_; }
+
+  // State for save/load. The storage block is exposed as raw bytes.
+  uint8_t* storage_data() { return storage_.get(); }
+  size_t storage_bytes() const { return storage_bytes_; }
+  std::vector<int64_t> stream_state() const;
+  void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
+  // Checks that every held header is consistent with the stream counters, so that restored
+  // (possibly corrupt) state can never make sample() read outside its episode. Throws.
+  void check_integrity() const;
+  Rng::State rng_state() const { return rng_.state(); }
+  void set_rng_state(const Rng::State& s) { rng_.set_state(s); }
+  std::mutex& mutex() { return mutex_; }
+
+ private:
+  // Record accessors; `pos` is an absolute position of stream `env`.
+  uint8_t* record(int64_t env, int64_t pos) const {
+    return storage_.get() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
+  }
+  SlotHeader* header(int64_t env, int64_t pos) const {
+    return reinterpret_cast<SlotHeader*>(record(env, pos));
+  }
+  float* action_of(int64_t env, int64_t pos) const {
+    return reinterpret_cast<float*>(record(env, pos) + sizeof(SlotHeader));
+  }
+  uint8_t* frame_of(int64_t env, int64_t pos) const { return record(env, pos) + frame_offset_; }
+  uint8_t* next_frame_of(int64_t env, int64_t pos) const {
+    return record(env, pos) + frame_offset_ + cfg_.frame_bytes;
+  }
+  int64_t oldest(int64_t env) const {
+    const int64_t c = streams_[env].count;
+    return c > cfg_.ring ? c - cfg_.ring : 0;
+  }
+  // Last observation position usable as a next observation in a running episode.
+  int64_t avail_end(int64_t env) const {
+    return cfg_.storage == Storage::Episode ? streams_[env].count - 1 : streams_[env].count;
+  }
+
+  int64_t open_slot(int64_t env, int64_t ep_first);  // writes a fresh header, returns position
+  void close_episode(int64_t env, int64_t ep_end);
+  void add_episode(int64_t env, const uint8_t* obs, const float* action, float reward,
+                   const uint8_t* next_obs, bool terminated, bool truncated);
+  void add_transition(int64_t env, const uint8_t* obs, const float* action, float reward,
+                      const uint8_t* next_obs, bool terminated, bool truncated);
+
+  bool sampleable(int64_t env, int64_t pos) const;
+  int64_t num_sampleable_locked() const;
+  void gather_one(int64_t env, int64_t pos, int64_t row, const SampleOut& out) const;
+
+  struct Draw {
+    int64_t env;
+    int64_t pos;
+  };
+
+  ReplayConfig cfg_;
+  int64_t frame_offset_ = 0;
+  int64_t stride_ = 0;
+  size_t storage_bytes_ = 0;
+  std::unique_ptr<uint8_t, void (*)(void*)> storage_;
+  std::vector<StreamState> streams_;
+  std::vector<Draw> draws_;  // scratch reused by sample()
+  Rng rng_;
+  mutable std::mutex mutex_;
+};
+
+}  // namespace fastsac

@@ -1,0 +1,94 @@
+"""Input checks shared by the public API: each names the argument it rejects."""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+
+
+def check_count(name: str, value) -> int:
+    """A positive int (numpy ints accepted, bools and floats rejected)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return n
+
+
+def shape(name: str, value) -> tuple[int, ...]:
+    """A shape given as an int or a sequence of positive ints."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}") from None
+    return tuple(check_count(name, d) for d in dims)
+
+
+def torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """The torch dtype that holds numpy ``dtype`` without change."""
+    try:
+        return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    except TypeError:
+        raise TypeError(f"obs_dtype {dtype} has no torch equivalent") from None
+
+
+def _rows(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape == (num_envs, *shape):
+        return a
+    if num_envs == 1 and a.shape == shape:
+        return a.reshape(1, *shape)
+    want = f"({num_envs}, {', '.join(map(str, shape))})".replace(", )", ")")
+    alt = f" or {shape}" if num_envs == 1 else ""
+    raise ValueError(f"{name} must have shape {want}{alt}, got {a.shape}")
+
+
+def as_obs(name: str, value, num_envs: int, shape: tuple[int, ...],
+           dtype: np.dtype) -> np.ndarray:
+    """Observations cast to the stored dtype, refusing casts that could change values."""
+    a = _rows(name, value, num_envs, shape)
+    src = a.dtype
+    if src != dtype:
+        if np.can_cast(src, dtype, "safe"):
+            pass
+        elif src.kind in "biuf" and dtype.kind == "f":
+            pass  # e.g. float64 -> float32 (MuJoCo obs): rounding only; overflow caught below
+        elif src.kind in "biu" and dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if a.size and (a.min() < info.min or a.max() > info.max):
+                raise ValueError(f"{name} has values outside the range of {dtype}")
+        else:
+            raise TypeError(f"{name} of dtype {src} cannot be stored safely as {dtype}")
+        a = a.astype(dtype)
+    if dtype.kind in "fc" and not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf after casting to {dtype})")
+    return np.ascontiguousarray(a)
+
+
+def as_float32(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Real numbers as float32 (actions, rewards); NaN and inf rejected."""
+    a = _rows(name, value, num_envs, shape)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf in float32)")
+    return a
+
+
+def as_flags(name: str, value, num_envs: int) -> np.ndarray:
+    """Booleans as uint8 0/1; integers must be 0 or 1."""
+    a = _rows(name, value, num_envs, ())
+    if a.dtype.kind == "b":
+        return np.ascontiguousarray(a, dtype=np.uint8)
+    if a.dtype.kind in "iu" and ((a == 0) | (a == 1)).all():
+        return np.ascontiguousarray(a, dtype=np.uint8)
+    raise TypeError(f"{name} must be bool (or 0/1), got dtype {a.dtype}")

@@ -1,0 +1,241 @@
+"""The replay buffer: validation, staging and device transfer around the C++ core.
+
+A :class:`ReplayBuffer` keeps one ring of slots per env stream in C++ (``fastsac._core``).
+Python checks and casts every input before the core sees it, so a rejected call changes
+nothing; the core draws and gathers batches without the GIL into staging memory that is
+allocated once per batch size and reused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fastsac import _core
+from fastsac import _persist
+from fastsac._validate import as_flags, as_float32, as_obs, check_count, shape, torch_dtype
+
+STORAGES = ("episode", "transition")
+
+
+class Batch(NamedTuple):
+    """A sampled batch; every field is a torch tensor with a leading batch axis.
+
+    ``obs``/``next_obs`` keep the stored dtype (uint8 images stay uint8) with frames stacked
+    along axis 0; ``reward`` is the n-step discounted sum; ``discount`` is ``gamma**m`` for a
+    window of ``m`` steps, or 0 if the window ended in a termination.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    discount: torch.Tensor
+
+
+class _Staging:
+    """Host memory for one batch size, allocated once (pinned when the device is CUDA)."""
+
+    def __init__(self, batch_size: int, buf: ReplayBuffer) -> None:
+        pin = buf.pin_memory
+        obs_dtype = torch_dtype(buf.obs_dtype)
+
+        def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.empty((batch_size, *shape), dtype=dtype, pin_memory=pin)
+
+        self.host = Batch(
+            obs=empty(buf.stacked_obs_shape, obs_dtype),
+            action=empty(buf.action_shape, torch.float32),
+            reward=empty((), torch.float32),
+            next_obs=empty(buf.stacked_obs_shape, obs_dtype),
+            discount=empty((), torch.float32),
+        )
+        h = self.host
+        self.arrays = (h.obs.numpy(), h.next_obs.numpy(), h.action.numpy(), h.reward.numpy(),
+                       h.discount.numpy())
+        # Marks the end of the last non-blocking copy out of this staging (CUDA only).
+        self.copied = torch.cuda.Event() if buf.device.type == "cuda" else None
+
+
+class ReplayBuffer:
+    """Replay memory for off-policy RL that stores each observation once.
+
+    Args:
+        capacity: steps held (per env stream ``capacity // num_envs``); the oldest are
+            overwritten first. In ``storage="episode"`` an episode's final observation also
+            takes one slot.
+        obs_shape: shape of one observation (one frame when ``frame_stack > 1``).
+        action_shape: shape of one action; actions are stored as float32.
+        obs_dtype: stored observation dtype (``np.uint8`` for images).
+        num_envs: env streams added together; ``add`` arrays then carry a leading
+            ``num_envs`` axis.
+        frame_stack: frames stacked along axis 0 at sample time. At an episode's start the
+            first frame is repeated.
+        n_step: steps summed into each sampled reward (``gamma``-discounted).
+        gamma: discount used for n-step returns and for ``Batch.discount``.
+        storage: ``"episode"`` (consecutive steps of a stream share observations; an ``obs``
+            that is not the previous ``next_obs`` starts a new episode and ends the previous
+            one as truncated) or ``"transition"`` (``obs`` and ``next_obs`` stored as given;
+            steps of a stream are linked into episodes only by ``terminated``/``truncated``).
+        device: where sampled batches are returned.
+        pin_memory: pin the staging memory; defaults to True exactly when ``device`` is CUDA.
+        seed: seed of the buffer's own sampling RNG (``None``: from the OS).
+
+    A returned :class:`Batch` on the CPU is a view of the staging memory: it is valid until
+    the next ``sample`` call with the same ``batch_size`` (``clone()`` it to keep it). On CUDA
+    the batch is a fresh device copy and stays valid.
+    """
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...] | int,
+                 action_shape: tuple[int, ...] | int, *, obs_dtype: np.dtype | type = np.float32,
+                 num_envs: int = 1, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
+                 storage: str = "episode", device: str | torch.device = "cpu",
+                 pin_memory: bool | None = None, seed: int | None = None) -> None:
+        self.obs_shape = shape("obs_shape", obs_shape)
+        self.action_shape = shape("action_shape", action_shape)
+        self.obs_dtype = np.dtype(obs_dtype)
+        torch_dtype(self.obs_dtype)  # raises TypeError for dtypes torch cannot hold
+        self.num_envs = check_count("num_envs", num_envs)
+        self.frame_stack = check_count("frame_stack", frame_stack)
+        self.n_step = check_count("n_step", n_step)
+        capacity = check_count("capacity", capacity)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+        if storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.storage = storage
+        ring = capacity // self.num_envs
+        min_ring = 2 if storage == "episode" else 1
+        if ring < min_ring:
+            raise ValueError(f"capacity must be >= {min_ring * self.num_envs} (at least {min_ring} "
+                             f"per env for storage={storage!r}), got {capacity}")
+        self.device = torch.device(device)
+        if pin_memory is None:
+            pin_memory = self.device.type == "cuda"
+        if pin_memory and not torch.cuda.is_available():
+            raise ValueError("pin_memory=True needs a CUDA build of torch with a GPU")
+        self.pin_memory = bool(pin_memory)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        self.seed = int(seed) % 2**64
+
+        self._frame_bytes = math.prod(self.obs_shape) * self.obs_dtype.itemsize
+        self._action_dim = math.prod(self.action_shape)
+        self._core = _core.ReplayCore(
+            num_envs=self.num_envs, ring=ring, frame_bytes=self._frame_bytes,
+            action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
+            gamma=self.gamma, transition=storage == "transition", seed=self.seed)
+        self._staging: dict[int, _Staging] = {}
+        self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                            else (os.cpu_count() or 1), 8)
+
+    # -- shapes ---------------------------------------------------------------------------
+    @property
+    def stacked_obs_shape(self) -> tuple[int, ...]:
+        """Shape of one sampled ``obs``: frames stacked along axis 0."""
+        if self.frame_stack == 1:
+            return self.obs_shape
+        if not self.obs_shape:
+            return (self.frame_stack,)
+        return (self.frame_stack * self.obs_shape[0], *self.obs_shape[1:])
+
+    @property
+    def capacity(self) -> int:
+        """Slots held in all (``capacity // num_envs`` per env stream)."""
+        return self._core.capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of replay memory held: every slot's record (frame, action, header)."""
+        return self._core.nbytes
+
+    @property
+    def num_sampleable(self) -> int:
+        """Steps ``sample`` can currently draw from."""
+        return self._core.num_sampleable
+
+    def __len__(self) -> int:
+        return self._core.size
+
+    def __repr__(self) -> str:
+        return (f"ReplayBuffer(len={len(self)}, capacity={self.capacity}, obs_shape="
+                f"{self.obs_shape}, obs_dtype={self.obs_dtype}, num_envs={self.num_envs}, "
+                f"frame_stack={self.frame_stack}, n_step={self.n_step}, storage={self.storage!r},"
+                f" device={str(self.device)!r})")
+
+    # -- writing --------------------------------------------------------------------------
+    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
+        """Store one step of every env stream.
+
+        ``terminated``: the step ended the episode in a terminal state (no bootstrap).
+        ``truncated``: the episode was cut (time limit); it bootstraps from ``next_obs``.
+        With ``num_envs > 1`` every argument has a leading ``num_envs`` axis.
+        Raises ``ValueError``/``TypeError`` naming the argument; then nothing is stored.
+        """
+        n = self.num_envs
+        o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
+        no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
+        a = as_float32("action", action, n, self.action_shape)
+        r = as_float32("reward", reward, n, ())
+        te = as_flags("terminated", terminated, n)
+        tr = as_flags("truncated", truncated, n)
+        self._core.add(o, a, r, no, te, tr)
+
+    # -- sampling -------------------------------------------------------------------------
+    def sample(self, batch_size: int) -> Batch:
+        """Draw ``batch_size`` sampleable steps uniformly, with replacement.
+
+        See the class docstring for how long the returned batch stays valid.
+        """
+        batch_size = check_count("batch_size", batch_size)
+        available = self._core.num_sampleable
+        if batch_size > available:
+            raise ValueError(f"batch_size {batch_size} is larger than the {available} steps that "
+                             f"can be sampled now (len={len(self)})")
+        staging = self._staging.get(batch_size)
+        if staging is None:
+            staging = self._staging[batch_size] = _Staging(batch_size, self)
+        if staging.copied is not None:
+            staging.copied.synchronize()  # the last copy out of this staging has finished
+        self._core.sample(batch_size, *staging.arrays, num_threads=self._threads)
+        if self.device.type == "cpu":
+            return staging.host
+        out = Batch(*(t.to(self.device, non_blocking=self.pin_memory) for t in staging.host))
+        if staging.copied is not None:
+            staging.copied.record()
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+    def config(self) -> dict:
+        """Constructor arguments that rebuild an empty buffer of the same layout."""
+        return dict(capacity=self.capacity, obs_shape=list(self.obs_shape),
+                    action_shape=list(self.action_shape), obs_dtype=self.obs_dtype.str,
+                    num_envs=self.num_envs, frame_stack=self.frame_stack, n_step=self.n_step,
+                    gamma=self.gamma, storage=self.storage, seed=self.seed)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: config, storage (a view, not a copy),
+        per-stream counters and the sampling RNG state."""
+        return _persist.state_dict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict`` of a buffer with the same config."""
+        _persist.load_state_dict(self, state)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the buffer to ``path`` atomically (temporary file, then rename)."""
+        _persist.save(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+             pin_memory: bool | None = None) -> ReplayBuffer:
+        """Read a buffer written by :meth:`save`."""
+        return _persist.load(cls, path, device=device, pin_memory=pin_memory)
+

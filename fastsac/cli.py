@@ -1,0 +1,4 @@
+"""The ``fastsac`` command."""
+
+def main(argv=None) -> int:
+    raise SystemExit("not yet")
