@@ -22,7 +22,7 @@ void require(bool ok, const char* what) {
 }  // namespace
 
 ReplayCore::ReplayCore(const ReplayConfig& config)
-    : cfg_(config), storage_(nullptr, std::free), streams_(config.num_envs), rng_(config.seed) {
+    : cfg_(config), streams_(config.num_envs), rng_(config.seed) {
   require(cfg_.num_envs >= 1, "num_envs must be >= 1");
   require(cfg_.ring >= (cfg_.storage == Storage::Episode ? 2 : 1),
           "capacity per env must be >= 2 for episode storage (>= 1 for transition storage)");
@@ -38,10 +38,8 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   const int64_t slots = cfg_.num_envs * cfg_.ring;
   require(slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
   storage_bytes_ = static_cast<size_t>(slots) * static_cast<size_t>(stride_);
-  // calloc: zeroed pages come from the kernel lazily, so a large buffer costs memory only as
-  // it fills, and a saved buffer never contains uninitialised bytes.
-  storage_.reset(static_cast<uint8_t*>(std::calloc(storage_bytes_, 1)));
-  if (!storage_) throw std::bad_alloc();
+  // Zeroed lazily: a large buffer costs memory as it fills; a save never holds garbage.
+  storage_ = std::make_unique<Memory>(storage_bytes_);
 }
 
 int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {

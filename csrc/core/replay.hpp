@@ -20,6 +20,7 @@
 #include <mutex>
 #include <vector>
 
+#include "memory.hpp"
 #include "rng.hpp"
 
 namespace fastsac {
@@ -92,7 +93,7 @@ class ReplayCore {
   const ReplayConfig& config() const { return cfg_; }
 
   // State for save/load. The storage block is exposed as raw bytes.
-  uint8_t* storage_data() { return storage_.get(); }
+  uint8_t* storage_data() { return storage_->data(); }
   size_t storage_bytes() const { return storage_bytes_; }
   std::vector<int64_t> stream_state() const;
   void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
@@ -106,7 +107,7 @@ class ReplayCore {
  private:
   // Record accessors; `pos` is an absolute position of stream `env`.
   uint8_t* record(int64_t env, int64_t pos) const {
-    return storage_.get() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
+    return storage_->data() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
   }
   SlotHeader* header(int64_t env, int64_t pos) const {
     return reinterpret_cast<SlotHeader*>(record(env, pos));
@@ -134,22 +135,34 @@ class ReplayCore {
   void add_transition(int64_t env, const uint8_t* obs, const float* action, float reward,
                       const uint8_t* next_obs, bool terminated, bool truncated);
 
-  bool sampleable(int64_t env, int64_t pos) const;
-  int64_t num_sampleable_locked() const;
-  void gather_one(int64_t env, int64_t pos, int64_t row, const SampleOut& out) const;
-
+  // A held position of one stream, with its slot (pos % ring) computed once.
   struct Draw {
     int64_t env;
     int64_t pos;
+    int64_t slot;
   };
+  // What the sampler needs of a stream, computed once per sample() call.
+  struct Span {
+    int64_t oldest;       // first held position
+    int64_t held;         // positions held
+    int64_t oldest_slot;  // oldest % ring
+    int64_t avail_end;
+  };
+
+  bool step_ok(const SlotHeader& h, int64_t pos, const Span& span) const;
+  Span span_of(int64_t env) const;
+  bool sampleable(int64_t env, int64_t pos) const;
+  int64_t num_sampleable_locked() const;
+  void gather_one(const Draw& d, int64_t row, const SampleOut& out) const;
 
   ReplayConfig cfg_;
   int64_t frame_offset_ = 0;
   int64_t stride_ = 0;
   size_t storage_bytes_ = 0;
-  std::unique_ptr<uint8_t, void (*)(void*)> storage_;
+  std::unique_ptr<Memory> storage_;
   std::vector<StreamState> streams_;
   std::vector<Draw> draws_;  // scratch reused by sample()
+  std::vector<Span> spans_;  // scratch reused by sample()
   Rng rng_;
   mutable std::mutex mutex_;
 };

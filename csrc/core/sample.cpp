@@ -9,15 +9,38 @@
 #include "replay.hpp"
 
 namespace fastsac {
+namespace {
+
+// Vector rows are tens of bytes: inline 16-byte moves (overlapping at the tail) beat a libc
+// call per field. Frames of images go to memcpy.
+inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
+  if (n > 256 || n < 16) {
+    std::memcpy(dst, src, static_cast<size_t>(n));
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16);
+  if (i < n) std::memcpy(dst + n - 16, src + n - 16, 16);
+}
+
+}  // namespace
+
+ReplayCore::Span ReplayCore::span_of(int64_t env) const {
+  const int64_t lo = oldest(env);
+  return Span{lo, streams_[env].count - lo, lo % cfg_.ring, avail_end(env)};
+}
+
+bool ReplayCore::step_ok(const SlotHeader& h, int64_t pos, const Span& span) const {
+  if (!(h.flags & kHasStep)) return false;
+  // The stack reaches back to max(ep_first, pos - frame_stack + 1): it must still be held.
+  if (pos - (cfg_.frame_stack - 1) < span.oldest && h.ep_first < span.oldest) return false;
+  // A running episode: only complete n-step windows (no guessing how it continues).
+  if (h.ep_end == kOpen) return pos + cfg_.n_step <= span.avail_end;
+  return true;
+}
 
 bool ReplayCore::sampleable(int64_t env, int64_t pos) const {
-  const SlotHeader* h = header(env, pos);
-  if (!(h->flags & kHasStep)) return false;
-  // The stack reaches back to max(ep_first, pos - frame_stack + 1): it must still be held.
-  if (pos - (cfg_.frame_stack - 1) < oldest(env) && h->ep_first < oldest(env)) return false;
-  // A running episode: only complete n-step windows (no guessing how it continues).
-  if (h->ep_end == kOpen) return pos + cfg_.n_step <= avail_end(env);
-  return true;
+  return step_ok(*header(env, pos), pos, span_of(env));
 }
 
 int64_t ReplayCore::num_sampleable_locked() const {
@@ -41,35 +64,48 @@ int64_t ReplayCore::num_sampleable() const {
   return num_sampleable_locked();
 }
 
-void ReplayCore::gather_one(int64_t env, int64_t pos, int64_t row, const SampleOut& out) const {
-  const SlotHeader* h = header(env, pos);
-  const int64_t k = cfg_.frame_stack;
-  const int64_t fb = cfg_.frame_bytes;
-  const int64_t m = h->ep_end == kOpen ? cfg_.n_step : std::min(cfg_.n_step, h->ep_end - pos);
+void ReplayCore::gather_one(const Draw& d, int64_t row, const SampleOut& out) const {
+  // Everything in locals: the memcpy's below could alias members, which would force reloads.
+  const int64_t ring = cfg_.ring, stride = stride_, fo = frame_offset_;
+  const int64_t k = cfg_.frame_stack, fb = cfg_.frame_bytes, n = cfg_.n_step;
+  const int64_t adim = cfg_.action_dim, pos = d.pos, slot = d.slot;
+  const double gamma = cfg_.gamma;
+  const bool transition = cfg_.storage == Storage::Transition;
+  const uint8_t* const base = storage_->data() + d.env * ring * stride;
+  // Neighbouring records by slot arithmetic, without a division each.
+  auto rec = [=](int64_t p) {
+    int64_t s = slot + (p - pos);
+    if (s >= ring) s -= ring;
+    else if (s < 0) s += ring;
+    return base + s * stride;
+  };
+  auto hdr = [=](int64_t p) { return reinterpret_cast<const SlotHeader*>(rec(p)); };
+
+  const SlotHeader h = *hdr(pos);
+  const int64_t m = h.ep_end == kOpen ? n : std::min(n, h.ep_end - pos);
 
   // n-step return, summed in double; discount 0 if the window ends in a termination.
-  double ret = 0.0, g = 1.0;
-  for (int64_t j = 0; j < m; ++j) {
-    ret += g * header(env, pos + j)->reward;
-    g *= cfg_.gamma;
+  double ret = h.reward, g = gamma;
+  for (int64_t j = 1; j < m; ++j) {
+    ret += g * hdr(pos + j)->reward;
+    g *= gamma;
   }
-  const bool terminated = (header(env, pos + m - 1)->flags & kTerminated) != 0;
+  const bool terminated = ((m == 1 ? h.flags : hdr(pos + m - 1)->flags) & kTerminated) != 0;
   out.reward[row] = static_cast<float>(ret);
   out.discount[row] = terminated ? 0.0f : static_cast<float>(g);
-  std::memcpy(out.action + row * cfg_.action_dim, action_of(env, pos), 4 * cfg_.action_dim);
+  copy_bytes(reinterpret_cast<uint8_t*>(out.action + row * adim), rec(pos) + sizeof(SlotHeader),
+             4 * adim);
 
   // Stacks repeat the episode's first frame where the episode is shorter than the stack.
-  uint8_t* o = out.obs + row * k * fb;
+  uint8_t* const o = out.obs + row * k * fb;
   for (int64_t j = 0; j < k; ++j)
-    std::memcpy(o + j * fb, frame_of(env, std::max(h->ep_first, pos - (k - 1) + j)), fb);
+    copy_bytes(o + j * fb, rec(std::max(h.ep_first, pos - (k - 1) + j)) + fo, fb);
   const int64_t next = pos + m;
-  uint8_t* no = out.next_obs + row * k * fb;
+  uint8_t* const no = out.next_obs + row * k * fb;
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t f = std::max(h->ep_first, next - (k - 1) + j);
-    const uint8_t* src = (cfg_.storage == Storage::Transition && f == next)
-                             ? next_frame_of(env, next - 1)
-                             : frame_of(env, f);
-    std::memcpy(no + j * fb, src, fb);
+    const int64_t f = std::max(h.ep_first, next - (k - 1) + j);
+    const uint8_t* src = (transition && f == next) ? rec(next - 1) + fo + fb : rec(f) + fo;
+    copy_bytes(no + j * fb, src, fb);
   }
 }
 
@@ -82,37 +118,57 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
 
   // Uniform over held positions, rejecting the few that are not sampleable: uniform over
   // sampleable steps. Draws happen serially, so results do not depend on the thread count.
+  const int64_t envs = cfg_.num_envs;
+  spans_.resize(static_cast<size_t>(envs));
   int64_t held = 0;
-  for (int64_t e = 0; e < cfg_.num_envs; ++e) held += streams_[e].count - oldest(e);
-  draws_.resize(static_cast<size_t>(batch));
-  for (auto& d : draws_) {
-    for (;;) {
-      int64_t r = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(held)));
-      int64_t e = 0;
-      for (;; ++e) {
-        const int64_t n = streams_[e].count - oldest(e);
-        if (r < n) break;
-        r -= n;
-      }
-      const int64_t pos = oldest(e) + r;
-      if (sampleable(e, pos)) {
-        d = Draw{e, pos};
-        break;
-      }
-    }
-  }
-
-  // Small batches (vectors) are latency-bound: one thread. Large ones (images) split by rows.
-  const int64_t bytes = batch * 2 * cfg_.frame_stack * cfg_.frame_bytes;
-  int threads = bytes >= (int64_t{1} << 20) ? std::max(1, num_threads) : 1;
-  threads = static_cast<int>(std::min<int64_t>(threads, batch));
-  auto work = [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) gather_one(draws_[i].env, draws_[i].pos, i, out);
+  for (int64_t e = 0; e < envs; ++e) held += (spans_[e] = span_of(e)).held;
+  auto draw = [&]() {
+    int64_t r = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(held)));
+    int64_t e = 0;
+    while (r >= spans_[e].held) r -= spans_[e++].held;
+    int64_t slot = spans_[e].oldest_slot + r;
+    if (slot >= cfg_.ring) slot -= cfg_.ring;
+    return Draw{e, spans_[e].oldest + r, slot};
   };
+  auto record_of = [&](const Draw& d) {
+    return storage_->data() + (d.env * cfg_.ring + d.slot) * stride_;
+  };
+  draws_.resize(static_cast<size_t>(batch));
+  for (auto& d : draws_) d = draw();
+
+  // Prefetch a fixed distance ahead so the cache misses of many draws overlap. Small records
+  // (vectors): the step's and the next step's whole records; large ones (images): the header.
+  const int64_t span = stride_ <= 256 ? 2 * stride_ : 1;
+  auto prefetch = [&](const Draw& d) {
+    const uint8_t* r = record_of(d);
+    for (int64_t off = 0; off < span; off += 64) __builtin_prefetch(r + off);
+  };
+  constexpr int64_t kAhead = 16;
+  for (int64_t i = 0; i < std::min(batch, kAhead); ++i) prefetch(draws_[i]);
+  auto validate = [&](int64_t i) {
+    if (i + kAhead < batch) prefetch(draws_[i + kAhead]);
+    Draw& d = draws_[i];
+    while (!step_ok(*reinterpret_cast<const SlotHeader*>(record_of(d)), d.pos, spans_[d.env]))
+      d = draw();
+  };
+
+  // Small batches (vectors) are latency-bound: validate and gather each draw in one pass while
+  // its record is in L1. Large ones (images): validate all, then gather rows in threads.
+  const int64_t bytes = batch * 2 * cfg_.frame_stack * cfg_.frame_bytes;
+  const int threads = bytes >= (int64_t{1} << 20)
+                          ? static_cast<int>(std::min<int64_t>(std::max(1, num_threads), batch))
+                          : 1;
   if (threads == 1) {
-    work(0, batch);
+    for (int64_t i = 0; i < batch; ++i) {
+      validate(i);
+      gather_one(draws_[i], i, out);
+    }
     return;
   }
+  for (int64_t i = 0; i < batch; ++i) validate(i);
+  auto work = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) gather_one(draws_[i], i, out);
+  };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
   const int64_t chunk = (batch + threads - 1) / threads;
