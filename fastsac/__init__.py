@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
+try:
+    from fastsac import _core  # noqa: F401
+except ImportError as exc:  # a source checkout without a build, or a broken install
+    raise ImportError(
+        "fastsac's compiled core (fastsac._core) could not be imported. Install the package "
+        "with `pip install .` (it builds the C++ extension) rather than importing it from "
+        f"the source tree. Original error: {exc}") from exc
+
 from fastsac.buffers import Batch, ReplayBuffer
 
 __all__ = ["Batch", "ReplayBuffer", "__version__"]

@@ -92,12 +92,17 @@ def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
 def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBuffer:
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile) or "format" not in f.files:
-                raise ValueError("no format tag")
-            if str(f["format"]) != FORMAT:
-                raise ValueError(f"format tag is {str(f['format'])!r}")
-            state = {k: f[k] for k in KEYS}
+        # Our own handle: numpy leaks it when a truncated zip fails to open.
+        with open(path, "rb") as fh:
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with f:
+                if "format" not in f.files:
+                    raise ValueError("no format tag")
+                if str(f["format"]) != FORMAT:
+                    raise ValueError(f"format tag is {str(f['format'])!r}")
+                state = {k: f[k] for k in KEYS}
         state["format"] = str(state["format"])
         state["config"] = json.loads(str(state["config"]))
     except FileNotFoundError:

@@ -67,7 +67,8 @@ def as_obs(name: str, value, num_envs: int, shape: tuple[int, ...],
                 raise ValueError(f"{name} has values outside the range of {dtype}")
         else:
             raise TypeError(f"{name} of dtype {src} cannot be stored safely as {dtype}")
-        a = a.astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is rejected just below
+            a = a.astype(dtype)
     if dtype.kind in "fc" and not np.isfinite(a).all():
         raise ValueError(f"{name} must be finite (no NaN or inf after casting to {dtype})")
     return np.ascontiguousarray(a)
@@ -78,7 +79,8 @@ def as_float32(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.nd
     a = _rows(name, value, num_envs, shape)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is rejected just below
+        a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
         raise ValueError(f"{name} must be finite (no NaN or inf in float32)")
     return a

@@ -195,16 +195,13 @@ class ReplayBuffer:
         See the class docstring for how long the returned batch stays valid.
         """
         batch_size = check_count("batch_size", batch_size)
-        available = self._core.num_sampleable
-        if batch_size > available:
-            raise ValueError(f"batch_size {batch_size} is larger than the {available} steps that "
-                             f"can be sampled now (len={len(self)})")
+        # The core raises ValueError if batch_size exceeds num_sampleable, before any write.
         staging = self._staging.get(batch_size)
         if staging is None:
             staging = self._staging[batch_size] = _Staging(batch_size, self)
         if staging.copied is not None:
             staging.copied.synchronize()  # the last copy out of this staging has finished
-        self._core.sample(batch_size, *staging.arrays, num_threads=self._threads)
+        self._core.sample(batch_size, *staging.arrays, self._threads)
         if self.device.type == "cpu":
             return staging.host
         out = Batch(*(t.to(self.device, non_blocking=self.pin_memory) for t in staging.host))

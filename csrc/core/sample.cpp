@@ -82,6 +82,17 @@ void ReplayCore::gather_one(const Draw& d, int64_t row, const SampleOut& out) co
   auto hdr = [=](int64_t p) { return reinterpret_cast<const SlotHeader*>(rec(p)); };
 
   const SlotHeader h = *hdr(pos);
+  if (k == 1 && n == 1) {  // the common vector case, without the loops
+    const bool term = (h.flags & kTerminated) != 0;
+    out.reward[row] = h.reward;
+    out.discount[row] = term ? 0.0f : static_cast<float>(gamma);
+    const uint8_t* r = rec(pos);
+    copy_bytes(reinterpret_cast<uint8_t*>(out.action + row * adim), r + sizeof(SlotHeader),
+               4 * adim);
+    copy_bytes(out.obs + row * fb, r + fo, fb);
+    copy_bytes(out.next_obs + row * fb, transition ? r + fo + fb : rec(pos + 1) + fo, fb);
+    return;
+  }
   const int64_t m = h.ep_end == kOpen ? n : std::min(n, h.ep_end - pos);
 
   // n-step return, summed in double; discount 0 if the window ends in a termination.
@@ -113,8 +124,8 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t available = num_sampleable_locked();
   if (batch < 1 || batch > available)
-    throw std::invalid_argument("batch_size " + std::to_string(batch) + " must be in [1, " +
-                                std::to_string(available) + "], the number of sampleable steps");
+    throw std::invalid_argument("batch_size " + std::to_string(batch) + " is larger than the " +
+                                std::to_string(available) + " steps that can be sampled now");
 
   // Uniform over held positions, rejecting the few that are not sampleable: uniform over
   // sampleable steps. Draws happen serially, so results do not depend on the thread count.

@@ -1,0 +1,487 @@
+"""Replay-buffer benchmarks: fastsac next to the seed-style baseline, measured in one run.
+
+Every row is a dict (see :func:`row`) so the CLI can print it as a table or write it as JSON.
+Times are medians over blocks of calls: a block of ``calls`` calls is timed with
+``time.perf_counter`` and divided by ``calls``; fastsac and the baseline alternate block by
+block, so drifting machine load hits both alike. ``ratio`` is always "times better for
+fastsac": baseline/fastsac for times and bytes, fastsac/baseline for rates.
+
+The baseline is :mod:`fastsac.seed_baseline` (a faithful copy of the seed's buffer, defects
+included); it ships with the package so that ``fastsac bench`` runs after ``pip install``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsac import __version__
+from fastsac.buffers import ReplayBuffer
+from fastsac.seed_baseline import SeedReplayBuffer
+
+BATCH = 256
+EP_LEN = 1000  # steps per episode; the last step is truncated (a time limit)
+VEC_OBS, ACTION = 17, 6  # HalfCheetah sizes
+FRAME = (3, 84, 84)  # one RGB frame, channels first
+STACK = 3
+FRAME_BYTES = math.prod(FRAME)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How big and how long: ``FULL`` is the documented benchmark, ``QUICK`` a smoke test."""
+
+    vector_capacity: int
+    """fastsac and seed-style vector buffers (the seed's 1,000,000)."""
+    image_capacity: int
+    """fastsac image buffer, in steps (the seed's 100,000)."""
+    seed_image_capacity: int
+    """Seed-style image buffers: its float32 layout cannot hold 100,000 stacks in RAM."""
+    frame_pool: int
+    """Distinct random frames the image episodes are cut from."""
+    memcpy_bytes: int
+    """Size of the plain copy that gives the reference bandwidth."""
+    vector_blocks: int
+    """Timed blocks of 100 ``sample`` calls per vector buffer."""
+    image_blocks: int
+    """Timed blocks per image buffer."""
+
+
+FULL = Sizes(vector_capacity=1_000_000, image_capacity=100_000, seed_image_capacity=10_000,
+             frame_pool=2048, memcpy_bytes=256 << 20, vector_blocks=200, image_blocks=30)
+QUICK = Sizes(vector_capacity=3_003, image_capacity=2_002, seed_image_capacity=300,
+              frame_pool=64, memcpy_bytes=16 << 20, vector_blocks=10, image_blocks=3)
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, with the seconds since import."""
+    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# -- timing --------------------------------------------------------------------------------
+def interleaved(fns: dict[str, Callable[[], object]], calls: int | dict[str, int], blocks: int,
+                warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call for each block, the functions taking turns block by block.
+
+    ``calls``: calls per block, one number or one per function (so that a fast and a slow
+    function get blocks of similar length).
+    """
+    per = calls if isinstance(calls, dict) else dict.fromkeys(fns, calls)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            n = per[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out[name].append((time.perf_counter() - t0) / n)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float], scale: float = 1.0) -> list[float]:
+    """25th and 75th percentiles (of per-call values), scaled like the median."""
+    if len(xs) < 2:
+        return [xs[0] * scale] * 2
+    q = statistics.quantiles(xs, n=4)
+    return [q[0] * scale, q[2] * scale]
+
+
+def row(case: str, unit: str, fastsac: float | None, seed: float | None, *,
+        lower_is_better: bool, target: float | None = None, target_text: str = "",
+        note: str = "", **extra) -> dict:
+    """One table row. ``ratio`` > 1 means fastsac is better; ``target`` applies to fastsac."""
+    ratio = None
+    if fastsac and seed:
+        ratio = seed / fastsac if lower_is_better else fastsac / seed
+    met = None
+    if target is not None and fastsac is not None:
+        met = fastsac <= target if lower_is_better else fastsac >= target
+        if not target_text:
+            target_text = f"{'<=' if lower_is_better else '>='} {_num(target)} {unit}"
+    return dict(case=case, unit=unit, fastsac=fastsac, seed=seed, ratio=ratio, target=target,
+                target_text=target_text, target_met=met, note=note, **extra)
+
+
+# -- filling -------------------------------------------------------------------------------
+def fill(fast: ReplayBuffer, fast_steps: int, seeds: dict[str, object], seed_steps: int,
+         episode: Callable[[int, bool], tuple]) -> dict[str, list[float]]:
+    """Add episodes of ``EP_LEN`` steps to ``fast`` and store the same steps in every seed
+    buffer, alternating episode by episode; returns seconds per step of each timed block.
+
+    ``episode(e, for_seed)`` gives ``(obs, seed_obs, action, reward)``: ``obs`` holds the
+    episode's ``EP_LEN + 1`` observations as fastsac takes them, ``seed_obs`` the same as the
+    seed stores them (stacked for images; ``None`` unless ``for_seed``). Preparing them is not
+    timed: only ``add`` / ``store`` calls are.
+    """
+    times: dict[str, list[float]] = {"fastsac": [], **{k: [] for k in seeds}}
+    done_fast = done_seed = e = 0
+    while done_fast < fast_steps or done_seed < seed_steps:
+        n_seed = min(EP_LEN, seed_steps - done_seed)
+        obs, sobs, act, rew = episode(e, n_seed > 0)
+        if done_fast < fast_steps:
+            last = EP_LEN - 1
+            t0 = time.perf_counter()
+            for t in range(EP_LEN):
+                fast.add(obs[t], act[t], rew[t], obs[t + 1], False, t == last)
+            times["fastsac"].append((time.perf_counter() - t0) / EP_LEN)
+            done_fast += EP_LEN
+        if n_seed > 0:
+            for name, buf in seeds.items():
+                store = buf.store
+                t0 = time.perf_counter()
+                for t in range(n_seed):
+                    store(sobs[t], act[t], rew[t], sobs[t + 1], 0)  # done = terminated only
+                times[name].append((time.perf_counter() - t0) / n_seed)
+            done_seed += n_seed
+        e += 1
+    return times
+
+
+def episodes_to_fill(capacity: int) -> int:
+    """Steps of whole episodes that write every slot of an episode-storage ring."""
+    return -(-capacity // (EP_LEN + 1)) * EP_LEN
+
+
+# -- vector --------------------------------------------------------------------------------
+class VectorSetup:
+    """Full 1M x 17 buffers (fastsac, episode storage; seed-style float32)."""
+
+    def __init__(self, sizes: Sizes, seed: int = 0) -> None:
+        Seed = SeedReplayBuffer
+        self.sizes = sizes
+        rng = np.random.default_rng(seed)
+        self.fast = ReplayBuffer(sizes.vector_capacity, VEC_OBS, ACTION, seed=seed)
+        self.seed = Seed(VEC_OBS, ACTION, sizes.vector_capacity)
+
+        def episode(e: int, for_seed: bool) -> tuple:
+            obs = rng.standard_normal((EP_LEN + 1, VEC_OBS), dtype=np.float32)
+            act = rng.uniform(-1, 1, (EP_LEN, ACTION)).astype(np.float32)
+            rew = rng.standard_normal(EP_LEN, dtype=np.float32)
+            return obs, obs, act, rew
+
+        log(f"vector: filling fastsac and seed-style buffers ({sizes.vector_capacity:,} steps)")
+        self.fill_times = fill(self.fast, episodes_to_fill(sizes.vector_capacity),
+                               {"seed": self.seed}, sizes.vector_capacity, episode)
+        log(f"vector: filled, fastsac len={len(self.fast):,}, seed size={self.seed.size:,}")
+
+
+def vector_sample_row(v: VectorSetup) -> dict:
+    log("vector: timing sample(256)")
+    t = interleaved({"fastsac": lambda: v.fast.sample(BATCH), "seed": lambda: v.seed.sample(BATCH)},
+                    calls=100, blocks=v.sizes.vector_blocks)
+    us = 1e6
+    return row(f"vector sample, batch {BATCH} ({v.sizes.vector_capacity:,} x {VEC_OBS} f32)", "us",
+               median(t["fastsac"]) * us, median(t["seed"]) * us, lower_is_better=True,
+               target=10.0, fastsac_iqr=spread(t["fastsac"], us), seed_iqr=spread(t["seed"], us),
+               note=f"per sample() call, median of {len(t['fastsac'])} blocks of 100 calls; "
+                    "fastsac returns views of reused staging, the seed builds 5 new tensors")
+
+
+def vector_fill_row(v: VectorSetup) -> dict:
+    f, s = v.fill_times["fastsac"], v.fill_times["seed"]
+    return row("vector fill (add / store)", "steps/s", 1 / median(f), 1 / median(s),
+               lower_is_better=False, note="one Python call per step; median over blocks of "
+               f"{EP_LEN} steps, first fill of fresh memory (informational)")
+
+
+def vector_memory_row(v: VectorSetup) -> dict:
+    return row("memory per vector step", "B", v.fast.nbytes / len(v.fast),
+               v.seed.nbytes / v.seed.max_size, lower_is_better=True,
+               note="nbytes / steps held (fastsac, full) vs the five arrays' nbytes / capacity "
+                    "(seed); informational")
+
+
+# -- images --------------------------------------------------------------------------------
+class ImageSetup:
+    """fastsac 3x84x84 uint8 frames, frame_stack 3, episode storage; seed-style pre-stacked
+    9x84x84 float32 (its code) and uint8 (its advice) at a capacity that fits in RAM."""
+
+    def __init__(self, sizes: Sizes, seed: int = 0) -> None:
+        Seed = SeedReplayBuffer
+        self.sizes = sizes
+        rng = np.random.default_rng(seed)
+        stacked = (STACK * FRAME[0], *FRAME[1:])
+        self.fast = ReplayBuffer(sizes.image_capacity, FRAME, ACTION, obs_dtype=np.uint8,
+                                 frame_stack=STACK, storage="episode", seed=seed)
+        self.seed = Seed(stacked, ACTION, sizes.seed_image_capacity)  # float32, as in the seed
+        self.seed_u8 = Seed(stacked, ACTION, sizes.seed_image_capacity, obs_dtype=np.uint8)
+        pool = rng.integers(0, 256, (sizes.frame_pool, *FRAME), dtype=np.uint8)
+        back = np.arange(-(STACK - 1), 1)  # frame offsets of a stack, oldest first
+
+        def episode(e: int, for_seed: bool) -> tuple:
+            idx = (int(rng.integers(sizes.frame_pool)) + np.arange(EP_LEN + 1)) % sizes.frame_pool
+            obs = pool[idx]
+            sobs = None
+            if for_seed:  # the seed's env wrapper stacks frames, repeating the first one
+                t = np.maximum(np.arange(EP_LEN + 1)[:, None] + back, 0)
+                sobs = pool[idx[t]].reshape(EP_LEN + 1, *stacked)
+            act = rng.uniform(-1, 1, (EP_LEN, ACTION)).astype(np.float32)
+            rew = rng.standard_normal(EP_LEN, dtype=np.float32)
+            return obs, sobs, act, rew
+
+        log(f"image: filling fastsac ({sizes.image_capacity:,} steps) and seed-style buffers "
+            f"({sizes.seed_image_capacity:,} steps, float32 and uint8)")
+        self.fill_times = fill(self.fast, episodes_to_fill(sizes.image_capacity),
+                               {"seed": self.seed, "seed_u8": self.seed_u8},
+                               sizes.seed_image_capacity, episode)
+        gb = 1e9
+        log(f"image: filled, fastsac len={len(self.fast):,} nbytes={self.fast.nbytes / gb:.2f} GB, "
+            f"seed float32 {self.seed.nbytes / gb:.2f} GB, uint8 {self.seed_u8.nbytes / gb:.2f} GB")
+        self.sample_times: dict[str, list[float]] | None = None
+
+    def measure_sample(self, extra: dict[str, tuple[Callable[[], object], int]] | None = None
+                       ) -> dict[str, list[float]]:
+        """Times ``sample(256)`` of the three buffers, block by block in turn with the
+        ``extra`` functions (name -> (function, calls per block)); measured once, then cached."""
+        if self.sample_times is None:
+            log("image: timing sample(256)" + (" and the copy references" if extra else ""))
+            fns = {"fastsac": (lambda: self.fast.sample(BATCH), 10),  # ~10x faster per call
+                   "seed": (lambda: self.seed.sample(BATCH), 1),
+                   "seed_u8": (lambda: self.seed_u8.sample(BATCH), 1), **(extra or {})}
+            self.sample_times = interleaved({k: f for k, (f, _) in fns.items()},
+                                            calls={k: n for k, (_, n) in fns.items()},
+                                            blocks=self.sizes.image_blocks)
+        return self.sample_times
+
+
+def image_sample_row(img: ImageSetup) -> dict:
+    t = img.measure_sample()
+    ms = 1e3
+    s = img.sizes
+    return row(f"image sample, batch {BATCH} (9x84x84 obs + next_obs)", "ms",
+               median(t["fastsac"]) * ms, median(t["seed"]) * ms, lower_is_better=True,
+               target=3.0, fastsac_iqr=spread(t["fastsac"], ms), seed_iqr=spread(t["seed"], ms),
+               note=f"fastsac uint8 frames, capacity {s.image_capacity:,}, gathered with "
+                    f"{getattr(img.fast, '_threads', '?')} threads; seed-style float32 stacks at "
+                    f"capacity {s.seed_image_capacity:,} only ({img.seed.nbytes / 1e9:.1f} GB; "
+                    f"{s.image_capacity:,} would need "
+                    f"{img.seed.nbytes / s.seed_image_capacity * s.image_capacity / 1e9:.0f} GB): "
+                    "once both are far beyond cache, per-batch cost barely depends on capacity")
+
+
+def image_sample_u8_row(img: ImageSetup) -> dict:
+    t = img.measure_sample()
+    ms = 1e3
+    return row("image sample vs seed uint8 layout", "ms", median(t["fastsac"]) * ms,
+               median(t["seed_u8"]) * ms, lower_is_better=True, seed_iqr=spread(t["seed_u8"], ms),
+               note=f"seed-style uint8 stacks (capacity {img.sizes.seed_image_capacity:,}), "
+                    "converted to float per batch as its learner needs (informational)")
+
+
+def _copy(dst: np.ndarray, src: np.ndarray, threads: int) -> None:
+    """``np.copyto`` split in ``threads`` contiguous parts (numpy drops the GIL for it)."""
+    if threads == 1:
+        np.copyto(dst, src)
+        return
+    cuts = np.linspace(0, len(src), threads + 1).astype(int)
+    pool = [threading.Thread(target=np.copyto, args=(dst[lo:hi], src[lo:hi]))
+            for lo, hi in zip(cuts[1:-1], cuts[2:])]
+    for t in pool:
+        t.start()
+    np.copyto(dst[:cuts[1]], src[:cuts[1]])
+    for t in pool:
+        t.join()
+
+
+class CopyReference:
+    """Plain-copy references for the gather, in bytes written per second (best of 1 and
+    ``threads`` threads): a large ``np.copyto`` between two touched arrays, and a batch-sized
+    copy out of that large array (a different part each time) into one reused destination,
+    which is what the gather does with its staging. Timed together with the image samples."""
+
+    def __init__(self, sizes: Sizes, threads: int) -> None:
+        n = sizes.memcpy_bytes
+        m = min(2 * BATCH * STACK * FRAME_BYTES, n // 4)
+        self.threads, self.large_bytes, self.batch_bytes = threads, n, m
+        self.src = np.ones(n, dtype=np.uint8)
+        self.dst = np.full(n, 2, dtype=np.uint8)  # touch every page
+        self.small = np.full(m, 3, dtype=np.uint8)
+        self._k = 0
+
+    def _batch_copy(self, threads: int) -> None:
+        self._k += 1
+        o = (self._k % (self.large_bytes // self.batch_bytes)) * self.batch_bytes
+        _copy(self.small, self.src[o:o + self.batch_bytes], threads)
+
+    def fns(self) -> dict[str, tuple[Callable[[], object], int]]:
+        """name -> (copy, calls per block) for :meth:`ImageSetup.measure_sample`."""
+        out = {}
+        for th in sorted({1, self.threads}):
+            out[f"copy_large_{th}"] = (lambda th=th: _copy(self.dst, self.src, th), 1)
+            out[f"copy_batch_{th}"] = (lambda th=th: self._batch_copy(th), 4)
+        return out
+
+    def results(self, t: dict[str, list[float]]) -> dict:
+        out = {"threads": self.threads}
+        for kind, size in (("large", self.large_bytes), ("batch", self.batch_bytes)):
+            bw = {th: size / median(t[f"copy_{kind}_{th}"]) / 1e9
+                  for th in sorted({1, self.threads})}
+            out[kind] = dict(bytes=size, gbps_by_threads=bw, gbps=max(bw.values()))
+        return out
+
+
+def memcpy_rows(mc: dict) -> list[dict]:
+    th = mc["threads"]
+    rows = []
+    for kind, what in (("large", "np.copyto {} MB"), ("batch", "{} MB out of it, reused dst")):
+        r = mc[kind]
+        size = f"{r['bytes'] >> 20}" if kind == "large" else f"{r['bytes'] / 1e6:.1f}"
+        by = r["gbps_by_threads"]
+        detail = ", ".join(f"{k} thread{'s' * (k > 1)}: {v:.1f}" for k, v in by.items())
+        rows.append(row(f"memcpy bandwidth ({what.format(size)})", "GB/s", r["gbps"], None,
+                        lower_is_better=False, threads=th,
+                        note=f"reference for the gather, timed in turn with it (best of {detail} "
+                             "GB/s), bytes written per second"))
+    return rows
+
+
+def image_bandwidth_row(img: ImageSetup, mc: dict) -> dict:
+    t = img.measure_sample()
+    fast_bytes = 2 * BATCH * STACK * FRAME_BYTES  # uint8 obs + next_obs
+    seed_bytes = img.seed.s[:BATCH].nbytes + img.seed.s_prime[:BATCH].nbytes  # float32
+    fast_bw = fast_bytes / median(t["fastsac"]) / 1e9
+    seed_bw = seed_bytes / median(t["seed"]) / 1e9
+    large, batch = mc["large"]["gbps"], mc["batch"]["gbps"]
+    return row("image gather bandwidth (obs + next_obs)", "GB/s", fast_bw, seed_bw,
+               lower_is_better=False, target_text=f"ref: memcpy {batch:.1f} / {large:.1f} GB/s",
+               memcpy_gbps=large, memcpy_batch_gbps=batch, fraction_of_memcpy=fast_bw / large,
+               fraction_of_batch_memcpy=fast_bw / batch,
+               note=f"fastsac reaches {fast_bw / batch:.0%} of the batch-sized copy and "
+                    f"{fast_bw / large:.0%} of the large one ({fast_bytes / 1e6:.1f} MB uint8 "
+                    f"written per batch); seed-style writes {seed_bytes / 1e6:.0f} MB float32 per "
+                    "batch, so this ratio is of bytes/s, not of batches/s")
+
+
+def image_memory_rows(img: ImageSetup) -> list[dict]:
+    per_step = img.fast.nbytes / len(img.fast)
+    rows = []
+    for buf, dtype in ((img.seed, "float32"), (img.seed_u8, "uint8")):
+        obs_only = (buf.s.nbytes + buf.s_prime.nbytes) / buf.max_size
+        rows.append(row(f"memory per image step vs seed {dtype}", "B", per_step,
+                        buf.nbytes / buf.max_size, lower_is_better=True, target=21_400.0,
+                        note=f"fastsac nbytes / len on the full buffer ({len(img.fast):,} steps); "
+                             f"seed: its five arrays' nbytes / capacity ({obs_only:,.0f} B of "
+                             "them are s + s_prime)"))
+    return rows
+
+
+def image_fill_row(img: ImageSetup) -> dict:
+    f, s, u = (img.fill_times[k] for k in ("fastsac", "seed", "seed_u8"))
+    return row("image fill (add / store)", "steps/s", 1 / median(f), 1 / median(s),
+               lower_is_better=False,
+               note=f"seed-style float32 (uint8 layout: {1 / median(u):,.0f} steps/s); stacking "
+                    "the seed's frames is not timed; first fill of fresh memory (informational)")
+
+
+# -- the whole suite -----------------------------------------------------------------------
+def _git_revision() -> str | None:
+    """The source tree's commit (``+dirty`` if changed), or None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() or None
+
+
+def machine() -> dict:
+    """What the numbers were measured on and with."""
+    return dict(fastsac=__version__, git=_git_revision(), python=platform.python_version(),
+                numpy=np.__version__, torch=torch.__version__,
+                torch_threads=torch.get_num_threads(),
+                cpus=_cpus(), platform=platform.platform(),
+                loadavg=[round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
+                else None)  # 1, 5, 15 min: other work on the machine skews the numbers
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def run_buffer(quick: bool = False) -> list[dict]:
+    """All buffer rows; ``quick`` uses tiny buffers (seconds) instead of the real sizes."""
+    sizes = QUICK if quick else FULL
+    t0 = time.perf_counter()
+    v = VectorSetup(sizes)
+    vec_rows = [vector_sample_row(v), vector_memory_row(v), vector_fill_row(v)]
+    del v
+    img = ImageSetup(sizes)
+    copies = CopyReference(sizes, threads=min(_cpus(), 8))
+    mc = copies.results(img.measure_sample(extra=copies.fns()))
+    del copies
+    rows = [vec_rows[0], image_sample_row(img), image_sample_u8_row(img),
+            image_bandwidth_row(img, mc), *memcpy_rows(mc), *image_memory_rows(img), vec_rows[1],
+            vec_rows[2], image_fill_row(img)]
+    del img
+    log(f"buffer: done in {time.perf_counter() - t0:.1f}s")
+    return rows
+
+
+# -- printing ------------------------------------------------------------------------------
+def _num(x: float) -> str:
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def _ratio(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
+def _cell(x: float | None, unit: str) -> str:
+    return "-" if x is None else f"{_num(x)} {unit}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a text table, with each row's note numbered below it."""
+    head = ("case", "fastsac (median)", "seed-style (median)", "ratio", "target")
+    body = []
+    for i, r in enumerate(rows, 1):
+        target = r["target_text"]
+        if r["target_met"] is not None:
+            target += "  ok" if r["target_met"] else "  MISSED"
+        body.append((f"{r['case']} [{i}]", _cell(r["fastsac"], r["unit"]),
+                     _cell(r["seed"], r["unit"]),
+                     _ratio(r["ratio"]), target))
+    widths = [max(len(line[c]) for line in (head, *body)) for c in range(len(head))]
+    align = ("<", ">", ">", ">", "<")
+
+    def fmt(line: tuple) -> str:
+        return "  ".join(f"{v:{a}{w}}" for v, a, w in zip(line, align, widths)).rstrip()
+
+    out = [fmt(head), "  ".join("-" * w for w in widths)]
+    out += [fmt(line) for line in body]
+    out.append("ratio: times better for fastsac (seed/fastsac for times and bytes, "
+               "fastsac/seed for rates)")
+    out += [f"[{i}] {r['note']}" for i, r in enumerate(rows, 1) if r["note"]]
+    return "\n".join(out)

@@ -1,0 +1,46 @@
+"""`fastsac bench buffer --quick` runs end to end and its numbers make sense."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from fastsac import cli
+
+EXPECTED = ("vector sample", "image sample, batch", "image sample vs seed uint8",
+            "image gather bandwidth", "memcpy bandwidth (np.copyto", "memcpy bandwidth (32.5",
+            "memory per image step vs seed float32", "memory per image step vs seed uint8",
+            "memory per vector step", "vector fill", "image fill")
+
+
+def test_bench_buffer_quick(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "buffer", "--quick", "--json", str(out)]) == 0
+
+    report = json.loads(out.read_text())
+    assert report["what"] == "buffer" and report["quick"] is True
+    rows = report["rows"]
+
+    def find(prefix: str) -> dict:
+        found = [r for r in rows if r["case"].startswith(prefix)]
+        assert len(found) == 1, (prefix, [r["case"] for r in rows])
+        return found[0]
+
+    for prefix in EXPECTED[:5] + EXPECTED[6:]:  # quick mode copies less than 32.5 MB
+        find(prefix)
+    assert len(rows) == len(EXPECTED)
+    for r in rows:
+        assert isinstance(r["fastsac"], float) and math.isfinite(r["fastsac"]), r
+        assert r["fastsac"] > 0, r
+        if r["seed"] is not None:
+            assert math.isfinite(r["seed"]) and r["seed"] > 0 and r["ratio"] > 0, r
+
+    # The layout claim itself: one frame per image step beats both seed layouts.
+    for dtype, seed_obs_bytes in (("float32", 508_032), ("uint8", 127_008)):
+        mem = find(f"memory per image step vs seed {dtype}")
+        assert mem["seed"] >= seed_obs_bytes  # s + s_prime alone, plus a, r, done
+        assert mem["fastsac"] >= 3 * 84 * 84  # at least the frame itself
+        assert mem["fastsac"] < mem["seed"]
+
+    table = capsys.readouterr().out
+    assert "seed-style (median)" in table and "vector sample" in table

@@ -1,0 +1,360 @@
+"""Tests of fastsac.ReplayBuffer against docs/replay.md.
+
+The property tests drive the real buffer and the pure-Python model in replay_reference.py with
+the same random add sequences. Every frame carries a unique id in its values and every action
+carries the id of its step, so a sampled row can be traced back to the step it claims to be and
+compared field by field with what the documentation says that step must give.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastsac import Batch, ReplayBuffer
+
+from buffer_helpers import *  # noqa: F403
+
+# ---------------------------------------------------------------------------------------------
+# property tests
+# ---------------------------------------------------------------------------------------------
+OBS_KINDS = [(np.uint8, (2,)), (np.float32, (2,)), (np.uint8, (1, 3, 2)),
+             (np.float32, (1, 3, 2))]
+
+
+@st.composite
+def scenarios(draw):
+    storage = draw(st.sampled_from(["episode", "transition"]))
+    num_envs = draw(st.integers(1, 3))
+    ring = draw(st.integers(2 if storage == "episode" else 1, 10))
+    capacity = ring * num_envs + draw(st.integers(0, num_envs - 1))
+    obs_dtype, obs_shape = draw(st.sampled_from(OBS_KINDS))
+    cfg = dict(capacity=capacity, obs_shape=obs_shape,
+               action_shape=draw(st.sampled_from([(1,), (2,), (2, 2)])),
+               obs_dtype=obs_dtype, num_envs=num_envs,
+               frame_stack=draw(st.integers(1, 4)), n_step=draw(st.integers(1, 5)),
+               gamma=draw(st.sampled_from([0.99, 0.9, 0.5, 1.0, 0.0])), storage=storage,
+               seed=draw(st.integers(0, 2**64 - 1)))
+    n_adds = draw(st.integers(1, 40))
+    events = draw(st.lists(
+        st.lists(st.tuples(st.sampled_from(STARTS), st.sampled_from(ENDS)),
+                 min_size=num_envs, max_size=num_envs),
+        min_size=n_adds, max_size=n_adds))
+    # Input variants: float64 obs into a float32 buffer / int64 obs into a uint8 buffer,
+    # flags as 0/1 ints, and (num_envs == 1) arrays without the leading axis.
+    variant = dict(obs_input_dtype=draw(st.sampled_from(
+                       [None, np.float64 if obs_dtype == np.float32 else np.int64])),
+                   flags_as_int=draw(st.booleans()), squeeze=draw(st.booleans()))
+    checkpoints = draw(st.sets(st.integers(0, n_adds - 1), max_size=3)) | {n_adds - 1}
+    return cfg, events, variant, checkpoints, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=1200, **SETTINGS)
+@given(scenarios())
+def test_matches_reference(scenario):
+    cfg, events, variant, checkpoints, data_seed = scenario
+    buf, ref = make_pair(**cfg)
+    assert buf.capacity == (cfg["capacity"] // cfg["num_envs"]) * cfg["num_envs"]
+    d = Driver(buf, ref, rng=np.random.default_rng(data_seed), **variant)
+    for i, ev in enumerate(events):
+        d.add(ev)
+        assert len(buf) == len(ref)
+        assert buf.num_sampleable == ref.num_sampleable
+        if i in checkpoints:
+            check_against_reference(buf, ref)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(scenarios(), st.data())
+def test_sample_batch_larger_than_sampleable_raises(scenario, data):
+    cfg, events, variant, _, data_seed = scenario
+    buf, ref = make_pair(**cfg)
+    d = Driver(buf, ref, rng=np.random.default_rng(data_seed), **variant)
+    for ev in events:
+        d.add(ev)
+    n = buf.num_sampleable
+    assert n == ref.num_sampleable
+    before = snapshot(buf)
+    with pytest.raises(ValueError) as exc:
+        buf.sample(n + data.draw(st.integers(1, 5)))
+    assert names(str(exc.value), "batch_size")
+    assert_unchanged(buf, before)
+    if n:
+        assert buf.sample(n).obs.shape[0] == n
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(scenarios(), st.data())
+def test_state_round_trip_continues_identically(scenario, data):
+    """A buffer restored from state_dict() at any point behaves exactly like the original:
+    same samples (RNG included), then the same results after further adds."""
+    cfg, events, variant, _, data_seed = scenario
+    buf, ref = make_pair(**cfg)
+    d = Driver(buf, ref, rng=np.random.default_rng(data_seed), **variant)
+    cut = data.draw(st.integers(0, len(events)))
+    for ev in events[:cut]:
+        d.add(ev)
+    other = ReplayBuffer(**{**cfg, "seed": (cfg["seed"] + 1) % 2**64})
+    other.load_state_dict(buf.state_dict())
+    assert len(other) == len(buf) and other.num_sampleable == buf.num_sampleable
+    assert other.nbytes == buf.nbytes
+    d.also.append(other)
+    for ev in events[cut:]:
+        d.add(ev)
+    assert snapshot(other)["storage"] == snapshot(buf)["storage"]
+    n = buf.num_sampleable
+    assert other.num_sampleable == n == ref.num_sampleable
+    for b in sorted({1, min(3, n), n}) if n else ():
+        x, y = to_numpy(buf.sample(b)), to_numpy(other.sample(b))
+        for f in Batch._fields:
+            assert np.array_equal(x[f], y[f]), f
+    check_against_reference(other, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-written examples
+# ---------------------------------------------------------------------------------------------
+def steps_by_action(buf: ReplayBuffer, draws: int = 60) -> dict[int, dict]:
+    """Every sampleable step, keyed by its action value, with its sampled fields."""
+    n = buf.num_sampleable
+    seen: dict[int, dict] = {}
+    for _ in range(draws):
+        got = to_numpy(buf.sample(n))
+        for r in range(n):
+            row = {f: got[f][r] for f in Batch._fields}
+            key = int(row["action"].reshape(-1)[0])
+            if key in seen:
+                for f in Batch._fields:
+                    assert np.array_equal(seen[key][f], row[f]), (key, f)
+            seen[key] = row
+    assert len(seen) == n, f"{n} sampleable, {len(seen)} distinct steps drawn"
+    return seen
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+@pytest.mark.parametrize("flags,discounts", [
+    ((False, True), (0.25, 0.5)),   # truncated: bootstrap with gamma^m from the final obs
+    ((True, False), (0.0, 0.0)),    # terminated: no bootstrap
+    ((True, True), (0.0, 0.0)),     # both flags count as terminated
+])
+def test_episode_end_flags(storage, flags, discounts):
+    buf = vec_buffer(n_step=3, gamma=0.5, storage=storage)
+    add1(buf, 10, 1, 1.0, 11)
+    add1(buf, 11, 2, 2.0, 12, *flags)
+    assert len(buf) == 2 and buf.num_sampleable == 2
+    s = steps_by_action(buf)
+    # t=0: m = min(3, 2 - 0) = 2; t=1: m = 1. Both windows end at the final obs 12.
+    assert s[1]["reward"] == pytest.approx(1.0 + 0.5 * 2.0)
+    assert s[2]["reward"] == pytest.approx(2.0)
+    assert s[1]["discount"] == pytest.approx(discounts[0])
+    assert s[2]["discount"] == pytest.approx(discounts[1])
+    assert s[1]["next_obs"].tolist() == [12.0] and s[2]["next_obs"].tolist() == [12.0]
+    assert s[1]["obs"].tolist() == [10.0] and s[2]["obs"].tolist() == [11.0]
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_n_step_window_shortened_by_episode_end(terminated):
+    buf = vec_buffer(n_step=3, gamma=0.5)
+    for t, r in enumerate([1.0, 2.0, 4.0, 8.0]):
+        add1(buf, t, t, r, t + 1, term=terminated and t == 3, trunc=not terminated and t == 3)
+    s = steps_by_action(buf)
+    assert sorted(s) == [0, 1, 2, 3]
+    # (reward, m, next obs) per step
+    want = {0: (1 + 0.5 * 2 + 0.25 * 4, 3, 3.0), 1: (2 + 0.5 * 4 + 0.25 * 8, 3, 4.0),
+            2: (4 + 0.5 * 8, 2, 4.0), 3: (8.0, 1, 4.0)}
+    for t, (ret, m, nxt) in want.items():
+        assert s[t]["reward"] == pytest.approx(ret)
+        assert s[t]["next_obs"].tolist() == [nxt]
+        ends_in_termination = terminated and t + m - 1 == 3
+        assert s[t]["discount"] == pytest.approx(0.0 if ends_in_termination else 0.5 ** m)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_running_episode_needs_complete_window(storage):
+    buf = vec_buffer(n_step=3, gamma=0.5, storage=storage)
+    add1(buf, 0, 0, 1.0, 1)
+    add1(buf, 1, 1, 1.0, 2)
+    assert len(buf) == 2 and buf.num_sampleable == 0
+    with pytest.raises(ValueError, match="batch_size"):
+        buf.sample(1)
+    add1(buf, 2, 2, 1.0, 3)
+    assert len(buf) == 3 and buf.num_sampleable == 1   # only t=0 has o_{t+3}
+    s = steps_by_action(buf)
+    assert s[0]["next_obs"].tolist() == [3.0] and s[0]["discount"] == pytest.approx(0.125)
+    add1(buf, 3, 3, 1.0, 4, trunc=True)
+    assert len(buf) == 4 and buf.num_sampleable == 4
+
+
+def test_frame_stack_repeats_first_frame_and_never_mixes_episodes_or_envs():
+    buf = ReplayBuffer(32, (1,), (1,), num_envs=2, frame_stack=3, seed=0)
+
+    def add(o, a, no, trunc=False):  # env 1 mirrors env 0 with frames + 100
+        buf.add(np.array([[o], [o + 100]], np.float32), np.array([[a], [a + 100]], np.float32),
+                np.zeros(2), np.array([[no], [no + 100]], np.float32), [False, False],
+                [trunc, trunc])
+
+    add(1, 1, 2)
+    add(2, 2, 3, trunc=True)          # episode A: o = 1, 2, 3
+    add(3, 3, 21)                     # episode B starts with obs equal to A's final obs
+    add(21, 4, 22)
+    add(22, 5, 23, trunc=True)        # episode B: o = 3, 21, 22, 23
+    s = steps_by_action(buf)
+    assert sorted(s) == [1, 2, 3, 4, 5, 101, 102, 103, 104, 105]
+    want = {1: ([1, 1, 1], [1, 1, 2]), 2: ([1, 1, 2], [1, 2, 3]),
+            3: ([3, 3, 3], [3, 3, 21]), 4: ([3, 3, 21], [3, 21, 22]),
+            5: ([3, 21, 22], [21, 22, 23])}
+    for a, (o, no) in want.items():
+        assert s[a]["obs"].tolist() == o, a
+        assert s[a]["next_obs"].tolist() == no, a
+        assert s[a + 100]["obs"].tolist() == [v + 100 for v in o], a
+        assert s[a + 100]["next_obs"].tolist() == [v + 100 for v in no], a
+    assert len(buf) == 10
+
+
+def test_episode_continuity_is_bytewise():
+    """-0.0 == 0.0 as floats but not bytewise: the add starts a new episode."""
+    buf = vec_buffer(frame_stack=2, n_step=2, gamma=0.5)
+    add1(buf, 1.0, 1, 1.0, 0.0)
+    add1(buf, -0.0, 2, 2.0, 5.0)
+    add1(buf, 5.0, 3, 4.0, 6.0)
+    assert len(buf) == 3 and buf.num_sampleable == 2   # episode 2 (t=0 only) still running
+    s = steps_by_action(buf)
+    assert sorted(s) == [1, 2]
+    # The first episode ended (as if truncated) after one step: m = 1, bootstrap from 0.0.
+    assert s[1]["reward"] == pytest.approx(1.0) and s[1]["discount"] == pytest.approx(0.5)
+    assert s[1]["obs"].tolist() == [1.0, 1.0] and s[1]["next_obs"].tolist() == [1.0, 0.0]
+    assert np.signbit(s[1]["next_obs"]).tolist() == [False, False]
+    # The new episode's stack repeats -0.0, not the previous episode's frames.
+    assert s[2]["obs"].tolist() == [0.0, 0.0]
+    assert np.signbit(s[2]["obs"]).tolist() == [True, True]
+    assert s[2]["next_obs"].tolist() == [5.0, 6.0]
+    assert s[2]["reward"] == pytest.approx(2.0 + 0.5 * 4.0)
+    assert s[2]["discount"] == pytest.approx(0.25)
+
+
+def test_mismatched_obs_starts_new_episode_as_truncation():
+    buf = vec_buffer(n_step=3, gamma=0.5)
+    add1(buf, 0, 0, 1.0, 1)
+    add1(buf, 1, 1, 1.0, 2)
+    add1(buf, 7, 2, 1.0, 8)            # not the last next_obs (2): new episode
+    # episode 1 ended as truncated: t=0 m=2, t=1 m=1; episode 2 running, window incomplete
+    assert len(buf) == 3 and buf.num_sampleable == 2
+    s = steps_by_action(buf)
+    assert s[0]["reward"] == pytest.approx(1.5) and s[0]["discount"] == pytest.approx(0.25)
+    assert s[0]["next_obs"].tolist() == [2.0]
+    assert s[1]["discount"] == pytest.approx(0.5)
+
+
+def test_episode_continuity_is_compared_after_casting():
+    """float64 inputs that differ only below float32 precision are the same stored obs."""
+    buf = vec_buffer(n_step=2, gamma=0.5)
+    buf.add(np.array([0.0]), [1], 1.0, np.array([0.1]), False, False)
+    buf.add(np.array([0.1 + 1e-12]), [2], 2.0, np.array([0.3]), False, False)  # continues
+    assert len(buf) == 2 and buf.num_sampleable == 1          # one running 2-step episode
+    s = steps_by_action(buf)
+    assert s[1]["reward"] == pytest.approx(2.0) and s[1]["discount"] == pytest.approx(0.25)
+    ubuf = vec_buffer(n_step=2, gamma=0.5, obs_dtype=np.uint8)
+    ubuf.add(np.array([1], np.int64), [1], 1.0, np.array([7], np.int64), False, False)
+    ubuf.add(np.array([7], np.uint8), [2], 2.0, np.array([9], np.int16), False, False)
+    assert len(ubuf) == 2 and ubuf.num_sampleable == 1
+
+
+def test_transition_storage_links_steps_by_flags_only():
+    buf = vec_buffer(frame_stack=2, n_step=2, gamma=0.5, storage="transition")
+    add1(buf, 1, 1, 1.0, 2)
+    add1(buf, 5, 2, 2.0, 6)             # obs != previous next_obs: same episode anyway
+    add1(buf, 7, 3, 4.0, 8, trunc=True)
+    s = steps_by_action(buf)
+    assert s[1]["obs"].tolist() == [1, 1] and s[1]["next_obs"].tolist() == [5, 6]
+    assert s[1]["reward"] == pytest.approx(2.0) and s[1]["discount"] == pytest.approx(0.25)
+    assert s[2]["obs"].tolist() == [1, 5] and s[2]["next_obs"].tolist() == [7, 8]
+    assert s[3]["obs"].tolist() == [5, 7] and s[3]["next_obs"].tolist() == [7, 8]
+    assert s[3]["reward"] == pytest.approx(4.0) and s[3]["discount"] == pytest.approx(0.5)
+
+
+def test_overwritten_stack_makes_step_unsampleable():
+    buf = vec_buffer(capacity=5, frame_stack=3)
+    for t in range(6):                  # one running episode: positions 0..6, oldest held 2
+        add1(buf, t, t, 1.0, t + 1)
+    assert len(buf) == 4                 # steps at positions 2..5
+    s = steps_by_action(buf)
+    assert sorted(s) == [4, 5]          # t=2, 3 need overwritten frames; t=6 has no next obs
+    assert s[4]["obs"].tolist() == [2, 3, 4] and s[5]["next_obs"].tolist() == [4, 5, 6]
+
+
+def test_overwritten_first_frame_blocks_clamped_stacks():
+    buf = vec_buffer(capacity=4, frame_stack=3)
+    add1(buf, 100, 100, 0.0, 101, trunc=True)     # positions 0, 1
+    for t in range(3):                            # episode B: o = 10, 11, 12, 13
+        add1(buf, 10 + t, t, 1.0, 11 + t)
+    # positions 2..5 held (o_0 of B at 2): every B step is sampleable
+    assert len(buf) == 3 and sorted(steps_by_action(buf)) == [0, 1, 2]
+    add1(buf, 13, 3, 1.0, 14)                     # overwrites o_0 of B
+    assert len(buf) == 3                          # steps t = 1, 2, 3
+    s = steps_by_action(buf)
+    assert sorted(s) == [3]                       # t=1, 2 stack o_0, which is gone
+    assert s[3]["obs"].tolist() == [11, 12, 13] and s[3]["next_obs"].tolist() == [12, 13, 14]
+
+
+def test_image_batch_shapes_and_values():
+    shape, k, n_envs = (3, 84, 84), 3, 4
+    buf, ref = make_pair(4 * 24, shape, (6,), obs_dtype=np.uint8, num_envs=n_envs,
+                         frame_stack=k, seed=3)
+    rng = np.random.default_rng(1)
+    d = Driver(buf, ref, rng=rng)
+    for i in range(30):
+        d.add([("normal", "trunc" if rng.random() < 0.1 else None) for _ in range(n_envs)])
+    b = 32
+    batch = buf.sample(b)
+    assert isinstance(batch, Batch)
+    assert batch.obs.shape == (b, 9, 84, 84) and batch.obs.dtype == torch.uint8
+    assert batch.next_obs.shape == (b, 9, 84, 84) and batch.next_obs.dtype == torch.uint8
+    assert batch.action.shape == (b, 6) and batch.action.dtype == torch.float32
+    assert batch.reward.shape == (b,) and batch.reward.dtype == torch.float32
+    assert batch.discount.shape == (b,) and batch.discount.dtype == torch.float32
+    assert batch.obs.device.type == "cpu"
+    check_against_reference(buf, ref, draws=3, batch_size=b, coverage=False)
+
+
+def test_cpu_batch_staging_is_per_batch_size():
+    """A CPU batch stays valid until the next sample() with the same batch_size."""
+    buf, _, _ = filled()
+    first = buf.sample(3)
+    kept = to_numpy(first)
+    for _ in range(5):
+        buf.sample(4)
+        buf.sample(1)
+    for f in Batch._fields:
+        assert np.array_equal(getattr(first, f).numpy(), kept[f]), f
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_large_batches_against_reference(storage):
+    """Big rings and batches (the gather may be split across threads)."""
+    buf, ref = make_pair(3 * 700, (1, 3, 2), (2,), obs_dtype=np.uint8, num_envs=3,
+                         frame_stack=4, n_step=5, gamma=0.97, storage=storage, seed=11)
+    rng = np.random.default_rng(2)
+    d = Driver(buf, ref, rng=rng)
+    for i in range(900):
+        d.add([(str(rng.choice(STARTS)), None if rng.random() < 0.97 else
+                str(rng.choice(["term", "trunc", "both"]))) for _ in range(3)])
+    n = buf.num_sampleable
+    assert n > 1500
+    check_against_reference(buf, ref, draws=4, batch_size=n, coverage=False)
+
+
+def test_num_envs_one_accepts_both_shapes():
+    buf, ref = make_pair(8, (2,), (2,), seed=0)
+    ref.add(np.zeros((1, 2)), np.ones((1, 2)), [1.0], np.ones((1, 2)), [False], [False])
+    buf.add(np.zeros((1, 2)), np.ones((1, 2)), [1.0], np.ones((1, 2)), [False], [False])
+    ref.add(np.ones(2), 2 * np.ones(2), 2.0, np.full(2, 2.0), False, True)
+    buf.add(np.ones(2), 2 * np.ones(2), 2.0, np.full(2, 2.0), False, True)
+    buf.add(np.ones(2, np.float32), [3, 3], np.float32(1), [5, 5], np.bool_(True), 0)
+    ref.add(np.ones(2, np.float32), [3, 3], np.float32(1), [5, 5], np.bool_(True), 0)
+    check_against_reference(buf, ref)
+
+

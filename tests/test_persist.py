@@ -1,0 +1,226 @@
+"""Reproducibility and persistence of fastsac.ReplayBuffer: same seed, state_dict, save/load."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from fastsac import Batch, ReplayBuffer
+
+from buffer_helpers import *  # noqa: F403
+
+# ---------------------------------------------------------------------------------------------
+# reproducibility and persistence
+# ---------------------------------------------------------------------------------------------
+def assert_same_samples(a: ReplayBuffer, b: ReplayBuffer, sizes=(1, 5, 5, 0, 0)) -> None:
+    """Identical batches from both buffers (size 0 stands for num_sampleable)."""
+    n = a.num_sampleable
+    assert n >= 5 and b.num_sampleable == n
+    for size in sizes:
+        size = size or n
+        x, y = to_numpy(a.sample(size)), to_numpy(b.sample(size))
+        for f in Batch._fields:
+            assert np.array_equal(x[f], y[f]), f"{f} differs for batch_size {size}"
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_same_seed_same_samples(storage):
+    a, _, _ = filled(storage, seed=7)
+    b, _, _ = filled(storage, seed=7)
+    assert_same_samples(a, b)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_state_dict_round_trip(storage):
+    buf, ref, d = filled(storage)
+    other = ReplayBuffer(**CFG, storage=storage, seed=999)
+    sd = buf.state_dict()
+    other.load_state_dict(sd)
+    assert len(other) == len(buf) and other.num_sampleable == buf.num_sampleable
+    assert_unchanged(other, {k: v for k, v in snapshot(buf).items() if k != "config"})
+    assert_same_samples(buf, other)
+    d.also.append(other)
+    for _ in range(9):
+        d.add([("normal", None)] * buf.num_envs)
+    assert_same_samples(buf, other)
+    check_against_reference(other, ref)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_save_load_round_trip(tmp_path, storage):
+    buf, ref, d = filled(storage)
+    assert len(buf) < sum(len(s.positions) for s in ref.streams)  # the rings have wrapped
+    assert any(s.running() is not None for s in ref.streams)       # episodes are open
+    path = tmp_path / "replay.npz"
+    buf.save(path)
+    assert sorted(os.listdir(tmp_path)) == ["replay.npz"]           # no temporary file left
+    with zipfile.ZipFile(path) as z:                                # uncompressed npz
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+    loaded = ReplayBuffer.load(path)
+    assert loaded.config() == buf.config()
+    assert len(loaded) == len(buf) and loaded.num_sampleable == buf.num_sampleable
+    assert loaded.nbytes == buf.nbytes
+    assert_unchanged(loaded, {k: v for k, v in snapshot(buf).items() if k != "config"})
+    assert_same_samples(buf, loaded)
+    d.also.append(loaded)
+    for _ in range(9):
+        d.add([("normal", None)] * buf.num_envs)
+    assert_same_samples(buf, loaded)
+    check_against_reference(loaded, ref)
+
+
+def test_save_writes_exactly_the_path_and_replaces(tmp_path):
+    buf, _, d = filled()
+    path = tmp_path / "replay"                  # no .npz suffix added
+    buf.save(path)
+    d.add([("normal", None)] * buf.num_envs)
+    buf.save(str(path))                         # overwrite in place
+    assert sorted(os.listdir(tmp_path)) == ["replay"]
+    loaded = ReplayBuffer.load(str(path))
+    assert len(loaded) == len(buf)
+    assert_same_samples(buf, loaded)
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path):
+    buf, _, _ = filled()
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OSError):
+        buf.save(tmp_path / "adir")          # cannot replace a directory by a file
+    assert sorted(os.listdir(tmp_path)) == ["adir"]
+    assert os.listdir(tmp_path / "adir") == []
+
+
+@pytest.fixture
+def saved(tmp_path):
+    buf, _, _ = filled()
+    path = tmp_path / "good.npz"
+    buf.save(path)
+    return path
+
+
+def assert_rejected(path) -> None:
+    """ValueError naming the path (a leaked file handle is checked separately below)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        with pytest.raises(ValueError) as exc:
+            ReplayBuffer.load(path)
+        msg = str(exc.value)
+        del exc
+        gc.collect()
+    assert os.fspath(path) in msg, msg
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, 0.5, 0.9, -1])
+def test_load_rejects_truncated_file(saved, tmp_path, keep):
+    data = saved.read_bytes()
+    n = keep if isinstance(keep, int) and keep >= 0 else (
+        len(data) - 1 if keep == -1 else int(len(data) * keep))
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(data[:n])
+    assert_rejected(bad)
+
+
+@pytest.mark.parametrize("keep", [0.5, -1])
+def test_load_of_bad_file_closes_it(saved, tmp_path, keep):
+    """Rejecting a truncated file must not leak its file handle (ResourceWarning, an error
+    under the project's warnings-as-errors setting)."""
+    data = saved.read_bytes()
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(data[:len(data) - 1 if keep == -1 else int(len(data) * keep)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError):
+            ReplayBuffer.load(bad)
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, leaks
+
+
+def test_load_rejects_random_bytes(tmp_path):
+    bad = tmp_path / "random.npz"
+    bad.write_bytes(np.random.default_rng(0).bytes(5000))
+    assert_rejected(bad)
+
+
+def test_load_rejects_foreign_npz(tmp_path):
+    bad = tmp_path / "foreign.npz"
+    np.savez(bad, storage=np.zeros(10, np.uint8), streams=np.zeros(4, np.int64))
+    assert_rejected(bad)
+    bad2 = tmp_path / "foreign_tag.npz"
+    with np.load(tmp_path / "foreign.npz") as f:
+        arrays = dict(f)
+    np.savez(bad2, format=np.asarray("other.Buffer"), **arrays)
+    assert_rejected(bad2)
+
+
+def rewrite(src, dst, **changes) -> None:
+    with np.load(src) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays.update(changes)
+    with open(dst, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def test_load_rejects_other_version(saved, tmp_path):
+    bad = tmp_path / "v2.npz"
+    rewrite(saved, bad, version=np.asarray(2))
+    with pytest.raises(ValueError):
+        ReplayBuffer.load(bad)
+
+
+def test_load_rejects_corrupt_storage(saved, tmp_path):
+    with np.load(saved) as f:
+        storage = f["storage"]
+    bad = tmp_path / "corrupt.npz"
+    noise = np.random.default_rng(0).integers(0, 256, storage.shape, dtype=np.uint8)
+    rewrite(saved, bad, storage=noise)
+    with pytest.raises(ValueError):
+        ReplayBuffer.load(bad)
+
+
+def tampered_config(saved, **changes):
+    with np.load(saved) as f:
+        config = json.loads(str(f["config"]))
+    config.update(changes)
+    return np.asarray(json.dumps(config))
+
+
+@pytest.mark.parametrize("change", [
+    lambda p: dict(config=tampered_config(p, capacity=CFG["capacity"] + 6)),
+    lambda p: dict(config=tampered_config(p, storage="transition")),
+    lambda p: dict(config=tampered_config(p, obs_shape=[1, 3, 20])),
+    lambda p: dict(config=tampered_config(p, frame_stack=0)),
+    lambda p: dict(config=np.asarray("{not json")),
+    lambda p: dict(streams=np.full(4 * CFG["num_envs"], 10**6, np.int64)),
+    lambda p: dict(streams=np.zeros(3, np.int64)),
+    lambda p: dict(storage=np.zeros(7, np.uint8)),
+], ids=["capacity", "storage", "obs_shape", "frame_stack", "json", "streams", "streams_len",
+        "storage_len"])
+def test_load_rejects_inconsistent_file(saved, tmp_path, change):
+    bad = tmp_path / "bad.npz"
+    rewrite(saved, bad, **change(saved))
+    with pytest.raises(ValueError):
+        ReplayBuffer.load(bad)
+
+
+def test_load_rejects_file_missing_a_key(saved, tmp_path):
+    with np.load(saved) as f:
+        arrays = {k: f[k] for k in f.files if k != "rng"}
+    bad = tmp_path / "norng.npz"
+    np.savez(bad, **arrays)
+    assert_rejected(bad)
+
+
+def test_load_state_dict_rejects_other_config_and_keeps_state():
+    buf, _, _ = filled()
+    other, _, _ = filled(cfg={**CFG, "n_step": 3})
+    before = snapshot(buf)
+    with pytest.raises(ValueError):
+        buf.load_state_dict(other.state_dict())
+    assert_unchanged(buf, before)
