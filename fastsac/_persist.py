@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fastsac import _core
-
 if TYPE_CHECKING:
     from fastsac.buffers import ReplayBuffer
 
@@ -52,11 +50,7 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
     if config != mine:
         raise ValueError(f"state was saved from a buffer with config {config}, this buffer has "
                          f"{mine}")
-    c = buf._core
-    core = _core.ReplayCore(
-        num_envs=buf.num_envs, ring=c.capacity // buf.num_envs, frame_bytes=buf._frame_bytes,
-        action_dim=buf._action_dim, frame_stack=buf.frame_stack, n_step=buf.n_step,
-        gamma=buf.gamma, transition=buf.storage == "transition", seed=0)
+    core = buf._new_core()
     storage = np.asarray(state["storage"])
     target = core.storage()
     if storage.dtype != np.uint8 or storage.shape != target.shape:

@@ -128,13 +128,20 @@ class ReplayBuffer:
 
         self._frame_bytes = math.prod(self.obs_shape) * self.obs_dtype.itemsize
         self._action_dim = math.prod(self.action_shape)
-        self._core = _core.ReplayCore(
-            num_envs=self.num_envs, ring=ring, frame_bytes=self._frame_bytes,
-            action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
-            gamma=self.gamma, transition=storage == "transition", seed=self.seed)
+        self._ring = ring
+        self._core = self._new_core()
         self._staging: dict[int, _Staging] = {}
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 1), 8)
+
+    def _new_core(self) -> _core.ReplayCore:
+        """An empty core of this buffer's layout."""
+        floats = self.obs_dtype.itemsize if self.obs_dtype.kind == "f" else 0
+        return _core.ReplayCore(
+            num_envs=self.num_envs, ring=self._ring, frame_bytes=self._frame_bytes,
+            action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
+            gamma=self.gamma, transition=self.storage == "transition", seed=self.seed,
+            obs_float_bytes=floats)
 
     # -- shapes ---------------------------------------------------------------------------
     @property
@@ -180,10 +187,11 @@ class ReplayBuffer:
         Raises ``ValueError``/``TypeError`` naming the argument; then nothing is stored.
         """
         n = self.num_envs
-        o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
-        no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
-        a = as_float32("action", action, n, self.action_shape)
-        r = as_float32("reward", reward, n, ())
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: the core rejects it
+            o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
+            no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
+            a = as_float32("action", action, n, self.action_shape)
+            r = as_float32("reward", reward, n, ())
         te = as_flags("terminated", terminated, n)
         tr = as_flags("truncated", truncated, n)
         self._core.add(o, a, r, no, te, tr)

@@ -34,7 +34,7 @@ void register_replay(py::module_& m) {
   py::class_<ReplayCore>(m, "ReplayCore")
       .def(py::init([](int64_t num_envs, int64_t ring, int64_t frame_bytes, int64_t action_dim,
                        int64_t frame_stack, int64_t n_step, double gamma, bool transition,
-                       uint64_t seed) {
+                       uint64_t seed, int64_t obs_float_bytes) {
              ReplayConfig c;
              c.num_envs = num_envs;
              c.ring = ring;
@@ -45,11 +45,12 @@ void register_replay(py::module_& m) {
              c.gamma = gamma;
              c.storage = transition ? fastsac::Storage::Transition : fastsac::Storage::Episode;
              c.seed = seed;
+             c.obs_float_bytes = obs_float_bytes;
              return new ReplayCore(c);
            }),
            py::arg("num_envs"), py::arg("ring"), py::arg("frame_bytes"), py::arg("action_dim"),
            py::arg("frame_stack"), py::arg("n_step"), py::arg("gamma"), py::arg("transition"),
-           py::arg("seed"))
+           py::arg("seed"), py::arg("obs_float_bytes") = 0)
       .def(
           "add",
           [](ReplayCore& self, const py::array& obs, const py::array& action,

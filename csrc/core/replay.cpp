@@ -15,6 +15,26 @@ namespace {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+// True when every IEEE float of `bytes` bytes in [p, p + n) is finite (exponent not all ones).
+template <typename Bits>
+bool all_finite(const uint8_t* p, int64_t n, Bits exponent) {
+  for (int64_t i = 0; i + static_cast<int64_t>(sizeof(Bits)) <= n; i += sizeof(Bits)) {
+    Bits v;
+    std::memcpy(&v, p + i, sizeof(Bits));
+    if ((v & exponent) == exponent) return false;
+  }
+  return true;
+}
+
+bool frames_finite(const uint8_t* p, int64_t n, int64_t float_bytes) {
+  switch (float_bytes) {
+    case 2: return all_finite<uint16_t>(p, n, 0x7C00u);
+    case 4: return all_finite<uint32_t>(p, n, 0x7F800000u);
+    case 8: return all_finite<uint64_t>(p, n, 0x7FF0000000000000ull);
+    default: return true;
+  }
+}
+
 void require(bool ok, const char* what) {
   if (!ok) throw std::invalid_argument(what);
 }
@@ -31,6 +51,9 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   require(cfg_.frame_stack >= 1, "frame_stack must be >= 1");
   require(cfg_.n_step >= 1, "n_step must be >= 1");
   require(cfg_.gamma >= 0.0 && cfg_.gamma <= 1.0, "gamma must be in [0, 1]");
+  require(cfg_.obs_float_bytes == 0 || cfg_.obs_float_bytes == 2 || cfg_.obs_float_bytes == 4 ||
+              cfg_.obs_float_bytes == 8,
+          "obs_float_bytes must be 0, 2, 4 or 8");
 
   const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
   frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
@@ -110,6 +133,10 @@ void ReplayCore::add(const uint8_t* obs, const float* action, const float* rewar
                      const uint8_t* next_obs, const uint8_t* terminated,
                      const uint8_t* truncated) {
   // Check everything before writing anything, so a rejected call changes nothing.
+  const int64_t frames_bytes = cfg_.num_envs * cfg_.frame_bytes;
+  require(frames_finite(obs, frames_bytes, cfg_.obs_float_bytes), "obs must be finite (no NaN or inf)");
+  require(frames_finite(next_obs, frames_bytes, cfg_.obs_float_bytes),
+          "next_obs must be finite (no NaN or inf)");
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
     require(std::isfinite(reward[e]), "reward must be finite");
     for (int64_t i = 0; i < cfg_.action_dim; ++i)
