@@ -3,6 +3,12 @@
 import numpy as np
 import numpy.typing as npt
 
+class Staging:
+    def __init__(self, core: ReplayCore, batch: int, obs: npt.NDArray, next_obs: npt.NDArray,
+                 action: npt.NDArray[np.float32], reward: npt.NDArray[np.float32],
+                 discount: npt.NDArray[np.float32]) -> None: ...
+    def fill(self, num_threads: int = 1) -> None: ...
+
 class ReplayCore:
     def __init__(self, num_envs: int, ring: int, frame_bytes: int, action_dim: int,
                  frame_stack: int, n_step: int, gamma: float, transition: bool,

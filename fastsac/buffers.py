@@ -55,8 +55,9 @@ class _Staging:
             discount=empty((), torch.float32),
         )
         h = self.host
-        self.arrays = (h.obs.numpy(), h.next_obs.numpy(), h.action.numpy(), h.reward.numpy(),
-                       h.discount.numpy())
+        # The core writes through numpy views of these tensors, checked once here.
+        self.fill = _core.Staging(buf._core, batch_size, h.obs.numpy(), h.next_obs.numpy(),
+                                  h.action.numpy(), h.reward.numpy(), h.discount.numpy()).fill
         # Marks the end of the last non-blocking copy out of this staging (CUDA only).
         self.copied = torch.cuda.Event() if buf.device.type == "cuda" else None
 
@@ -209,7 +210,7 @@ class ReplayBuffer:
             staging = self._staging[batch_size] = _Staging(batch_size, self)
         if staging.copied is not None:
             staging.copied.synchronize()  # the last copy out of this staging has finished
-        self._core.sample(batch_size, *staging.arrays, self._threads)
+        staging.fill(self._threads)
         if self.device.type == "cpu":
             return staging.host
         out = Batch(*(t.to(self.device, non_blocking=self.pin_memory) for t in staging.host))

@@ -28,9 +28,47 @@ T* checked(const py::array& a, int64_t nbytes, int64_t itemsize, const char* nam
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
+// Output arrays for one batch size, checked once and then filled by every sample call: the
+// per-call cost is then an int argument, not five array conversions (~1.4 us per call).
+struct Staging {
+  py::object core_obj;  // keeps the core alive
+  ReplayCore* core;
+  int64_t batch;
+  py::tuple arrays;  // keeps the arrays alive
+  fastsac::SampleOut out;
+
+  void fill(int num_threads) {
+    py::gil_scoped_release nogil;
+    core->sample(batch, out, num_threads);
+  }
+};
+
+Staging make_staging(py::object core_obj, int64_t batch, const py::array& obs,
+                     const py::array& next_obs, const py::array& action, const py::array& reward,
+                     const py::array& discount) {
+  auto* core = &core_obj.cast<ReplayCore&>();
+  const auto& c = core->config();
+  if (batch < 1) throw std::invalid_argument("batch_size must be >= 1");
+  const int64_t obs_bytes = batch * c.frame_stack * c.frame_bytes;
+  fastsac::SampleOut out{
+      checked(obs, obs_bytes, obs.itemsize(), "obs", true),
+      checked(next_obs, obs_bytes, next_obs.itemsize(), "next_obs", true),
+      checked<float>(action, batch * c.action_dim * 4, 4, "action", true),
+      checked<float>(reward, batch * 4, 4, "reward", true),
+      checked<float>(discount, batch * 4, 4, "discount", true)};
+  return Staging{core_obj, core, batch, py::make_tuple(obs, next_obs, action, reward, discount),
+                 out};
+}
+
 }  // namespace
 
 void register_replay(py::module_& m) {
+  py::class_<Staging>(m, "Staging")
+      .def(py::init(&make_staging), py::arg("core"), py::arg("batch"), py::arg("obs"),
+           py::arg("next_obs"), py::arg("action"), py::arg("reward"), py::arg("discount"))
+      .def("fill", &Staging::fill, py::arg("num_threads") = 1,
+           "Sample a batch into the bound arrays, without the GIL.");
+
   py::class_<ReplayCore>(m, "ReplayCore")
       .def(py::init([](int64_t num_envs, int64_t ring, int64_t frame_bytes, int64_t action_dim,
                        int64_t frame_stack, int64_t n_step, double gamma, bool transition,

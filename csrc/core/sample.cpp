@@ -6,6 +6,10 @@
 #include <string>
 #include <thread>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "replay.hpp"
 
 namespace fastsac {
@@ -14,6 +18,17 @@ namespace {
 // Vector rows are tens of bytes: inline 16-byte moves (overlapping at the tail) beat a libc
 // call per field. Frames of images go to memcpy.
 inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
+#if defined(__SSE2__)
+  // Image frames: a batch (tens of MB) does not fit in cache, so write around it. Streaming
+  // stores skip the read-for-ownership of every destination line. SSE2 is baseline x86-64.
+  if (n >= 4096 && ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                     static_cast<uintptr_t>(n)) & 15) == 0) {
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    auto* s = reinterpret_cast<const __m128i*>(src);
+    for (int64_t i = 0; i < n / 16; ++i) _mm_stream_si128(d + i, _mm_load_si128(s + i));
+    return;
+  }
+#endif
   if (n > 256 || n < 16) {
     std::memcpy(dst, src, static_cast<size_t>(n));
     return;
@@ -174,11 +189,17 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
       validate(i);
       gather_one(draws_[i], i, out);
     }
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
     return;
   }
   for (int64_t i = 0; i < batch; ++i) validate(i);
   auto work = [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) gather_one(draws_[i], i, out);
+#if defined(__SSE2__)
+    _mm_sfence();  // streaming stores are visible before the batch is handed back
+#endif
   };
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
