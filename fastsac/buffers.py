@@ -121,6 +121,7 @@ class ReplayBuffer:
         if pin_memory and not torch.cuda.is_available():
             raise ValueError("pin_memory=True needs a CUDA build of torch with a GPU")
         self.pin_memory = bool(pin_memory)
+        self._on_cpu = self.device.type == "cpu"
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -203,16 +204,18 @@ class ReplayBuffer:
 
         See the class docstring for how long the returned batch stays valid.
         """
-        batch_size = check_count("batch_size", batch_size)
-        # The core raises ValueError if batch_size exceeds num_sampleable, before any write.
-        staging = self._staging.get(batch_size)
+        # Hot path: a known batch size goes straight to its staging. The core raises ValueError
+        # if batch_size exceeds num_sampleable, before writing anything.
+        staging = self._staging.get(batch_size) if type(batch_size) is int else None
         if staging is None:
+            batch_size = check_count("batch_size", batch_size)
             staging = self._staging[batch_size] = _Staging(batch_size, self)
+        if self._on_cpu:
+            staging.fill(self._threads)
+            return staging.host
         if staging.copied is not None:
             staging.copied.synchronize()  # the last copy out of this staging has finished
         staging.fill(self._threads)
-        if self.device.type == "cpu":
-            return staging.host
         out = Batch(*(t.to(self.device, non_blocking=self.pin_memory) for t in staging.host))
         if staging.copied is not None:
             staging.copied.record()
