@@ -15,9 +15,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fastsac import _core
-from fastsac import _persist
-from fastsac._validate import as_flags, as_float32, as_obs, check_count, shape, torch_dtype
+from fastsac import _core, _persist
+from fastsac._validate import (
+    as_flags,
+    as_float32,
+    as_obs,
+    check_count,
+    shape,
+    torch_dtype,
+)
 
 STORAGES = ("episode", "transition")
 

@@ -6,32 +6,29 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-# What `fastsac bench WHAT` can measure: name -> (help, runner). Add "update" and "train" here;
-# a runner takes `quick` and returns a list of row dicts (see fastsac.bench.row).
+# What `fastsac bench WHAT` can measure: name -> (help, module). Add "update" and "train" here;
+# each module has `run(quick) -> list[dict]` returning rows (see fastsac._benchutil.row).
 BENCHES: dict[str, tuple[str, str]] = {
     "buffer": ("replay buffer: sample latency, gather bandwidth, memory, fill rate",
-               "run_buffer"),
+               "fastsac.bench_buffer"),
 }
 
 
-def _runner(what: str) -> Callable[[bool], list[dict]]:
-    from fastsac import bench  # imported here so `fastsac --help` stays fast
-
-    return getattr(bench, BENCHES[what][1])
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fastsac import bench
+    # Imported here so that `fastsac --help` stays fast.
+    import importlib
 
-    info = bench.machine()  # before the run, so loadavg shows other work on the machine
+    from fastsac import _benchutil
+
+    info = _benchutil.machine()  # before the run, so loadavg shows other work on the machine
     t0 = time.perf_counter()
-    rows = _runner(args.what)(args.quick)
+    rows = importlib.import_module(BENCHES[args.what][1]).run(args.quick)
     elapsed = time.perf_counter() - t0
     print(f"fastsac bench {args.what}{' --quick' if args.quick else ''}: "
           + ", ".join(f"{k} {v}" for k, v in info.items()))
-    print(bench.format_table(rows))
+    print(_benchutil.format_table(rows))
     print(f"total {elapsed:.1f}s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

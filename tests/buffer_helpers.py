@@ -8,10 +8,9 @@ import re
 import numpy as np
 import pytest
 from hypothesis import HealthCheck
+from replay_reference import ReplayReference
 
 from fastsac import Batch, ReplayBuffer
-
-from replay_reference import ReplayReference
 
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,16 +8,28 @@ compared field by field with what the documentation says that step must give.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from buffer_helpers import (
+    ENDS,
+    SETTINGS,
+    STARTS,
+    Driver,
+    add1,
+    assert_unchanged,
+    check_against_reference,
+    filled,
+    make_pair,
+    names,
+    snapshot,
+    to_numpy,
+    vec_buffer,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastsac import Batch, ReplayBuffer
-
-from buffer_helpers import *  # noqa: F403
 
 # ---------------------------------------------------------------------------------------------
 # property tests

@@ -10,10 +10,17 @@ import zipfile
 
 import numpy as np
 import pytest
+from buffer_helpers import (
+    CFG,
+    assert_unchanged,
+    check_against_reference,
+    filled,
+    snapshot,
+    to_numpy,
+)
 
 from fastsac import Batch, ReplayBuffer
 
-from buffer_helpers import *  # noqa: F403
 
 # ---------------------------------------------------------------------------------------------
 # reproducibility and persistence

@@ -6,10 +6,18 @@ import warnings
 
 import numpy as np
 import pytest
+from buffer_helpers import (
+    CFG,
+    assert_unchanged,
+    check_against_reference,
+    filled,
+    make_pair,
+    names,
+    snapshot,
+    vec_buffer,
+)
 
 from fastsac import ReplayBuffer
-
-from buffer_helpers import *  # noqa: F403
 
 # ---------------------------------------------------------------------------------------------
 # bad input
