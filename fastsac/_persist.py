@@ -2,6 +2,8 @@
 
 The file holds the buffer's config (JSON), its raw storage block, the per-stream counters and
 the sampling RNG state, so a loaded buffer samples exactly what the saved one would have.
+Saving holds the core's lock (a concurrent ``add`` waits) and writes the storage straight from
+the core; loading reads it straight into the new core, so neither needs a second copy.
 """
 
 from __future__ import annotations
@@ -22,15 +24,37 @@ VERSION = 1
 KEYS = ("format", "version", "config", "storage", "streams", "rng")
 
 
-def state_dict(buf: ReplayBuffer) -> dict:
+def _state(buf: ReplayBuffer, storage: np.ndarray) -> dict:
+    core = buf._core
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": buf.config(),
-        "storage": buf._core.storage(),
-        "streams": np.asarray(buf._core.stream_state(), dtype=np.int64),
-        "rng": np.asarray(buf._core.rng_state(), dtype=np.uint64),
+        "storage": storage,
+        "streams": np.asarray(core.stream_state(), dtype=np.int64),
+        "rng": np.asarray(core.rng_state(), dtype=np.uint64),
     }
+
+
+def state_dict(buf: ReplayBuffer) -> dict:
+    """A consistent copy, taken under the core's lock (later adds do not change it)."""
+    with buf._core.locked():
+        return _state(buf, buf._core.storage().copy())
+
+
+def _check_header(state: dict) -> None:
+    if state["format"] != FORMAT:
+        raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
+    if int(state["version"]) != VERSION:
+        raise ValueError(f"state has format version {state['version']}, this fastsac reads "
+                         f"version {VERSION}")
+
+
+def _restore(buf: ReplayBuffer, core, state: dict) -> None:
+    """Counters and RNG into ``core`` (whose storage is filled), then a full consistency check."""
+    core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
+    core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
+    core.check_integrity()
 
 
 def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
@@ -38,43 +62,34 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
     missing = [k for k in KEYS if k not in state]
     if missing:
         raise ValueError(f"state is missing {missing}; not a fastsac ReplayBuffer state")
-    if state["format"] != FORMAT:
-        raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
-    if int(state["version"]) != VERSION:
-        raise ValueError(f"state has format version {state['version']}, this fastsac reads "
-                         f"version {VERSION}")
-    config = dict(state["config"])
-    mine = buf.config()
+    _check_header(state)
+    config, mine = dict(state["config"]), buf.config()
     config.pop("seed", None)
     mine.pop("seed", None)
     if config != mine:
         raise ValueError(f"state was saved from a buffer with config {config}, this buffer has "
                          f"{mine}")
     core = buf._new_core()
-    storage = np.asarray(state["storage"])
-    target = core.storage()
+    storage, target = np.asarray(state["storage"]), core.storage()
     if storage.dtype != np.uint8 or storage.shape != target.shape:
         raise ValueError(f"state storage has {storage.shape} {storage.dtype}, expected "
                          f"{target.shape} uint8")
     target[...] = storage
-    core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
-    core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
-    core.check_integrity()
+    _restore(buf, core, state)
     buf._core = core
     buf._staging.clear()
 
 
 def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
     path = os.fspath(path)
-    state = state_dict(buf)
-    arrays = {k: np.asarray(v) for k, v in state.items() if k != "config"}
-    arrays["format"] = np.asarray(FORMAT)
-    arrays["config"] = np.asarray(json.dumps(state["config"]))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastsac-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            with buf._core.locked():
+                state = _state(buf, buf._core.storage())
+                state["config"] = json.dumps(state["config"])
+                np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
@@ -83,34 +98,51 @@ def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
         raise
 
 
+def _read_into(member, target: np.ndarray) -> None:
+    """Read an uncompressed ``.npy`` zip member straight into ``target`` (checks the CRC)."""
+    version = np.lib.format.read_magic(member)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    shape, _, dtype = read_header(member)
+    if dtype != np.uint8 or shape != target.shape:
+        raise ValueError(f"storage has {shape} {dtype}, expected {target.shape} uint8")
+    view, done = memoryview(target), 0
+    while done < target.nbytes:
+        n = member.readinto(view[done:])
+        if not n:
+            raise ValueError("storage is truncated")
+        done += n
+    if member.read(1):
+        raise ValueError("storage has trailing bytes")
+
+
 def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBuffer:
     path = os.fspath(path)
     try:
-        # Our own handle: numpy leaks it when a truncated zip fails to open.
-        with open(path, "rb") as fh:
-            f = np.load(fh, allow_pickle=False)
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive")
-            with f:
-                if "format" not in f.files:
-                    raise ValueError("no format tag")
-                if str(f["format"]) != FORMAT:
-                    raise ValueError(f"format tag is {str(f['format'])!r}")
-                state = {k: f[k] for k in KEYS}
-        state["format"] = str(state["format"])
-        state["config"] = json.loads(str(state["config"]))
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
+            names = set(z.namelist())
+            missing = [k for k in KEYS if f"{k}.npy" not in names]
+            if missing:
+                raise ValueError(f"missing {missing}")
+            state = {k: np.lib.format.read_array(z.open(f"{k}.npy"), allow_pickle=False)
+                     for k in KEYS if k != "storage"}
+            state["format"] = str(state["format"])
+            _check_header(state)
+            config = json.loads(str(state["config"]))
+            config["obs_shape"] = tuple(config["obs_shape"])
+            config["action_shape"] = tuple(config["action_shape"])
+            try:
+                buf = cls(**config, **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"invalid buffer config: {exc}") from exc
+            with z.open("storage.npy") as member:
+                _read_into(member, buf._core.storage())
+            _restore(buf, buf._core, state)  # buf is new: nothing to keep on failure
     except FileNotFoundError:
         raise
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile,
-            json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} is not a readable fastsac replay buffer file "
-                         f"(truncated or foreign?): {exc}") from exc
-    config = dict(state["config"])
-    config["obs_shape"] = tuple(config["obs_shape"])
-    config["action_shape"] = tuple(config["action_shape"])
-    try:
-        buf = cls(**config, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path} holds an invalid buffer config: {exc}") from exc
-    load_state_dict(buf, state)
+                         f"(truncated, foreign or corrupt): {exc}") from exc
     return buf

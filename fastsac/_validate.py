@@ -32,6 +32,17 @@ def shape(name: str, value) -> tuple[int, ...]:
     return tuple(check_count(name, d) for d in dims)
 
 
+def obs_dtype_of(value) -> np.dtype:
+    """A stored observation dtype: native byte order, with a torch equivalent."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"obs_dtype must be a numpy dtype, got {value!r}") from None
+    dtype = dtype.newbyteorder("=")  # inputs are cast to it; the core stores native bytes
+    torch_dtype(dtype)
+    return dtype
+
+
 def torch_dtype(dtype: np.dtype) -> torch.dtype:
     """The torch dtype that holds numpy ``dtype`` without change."""
     try:

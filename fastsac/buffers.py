@@ -9,7 +9,9 @@ allocated once per batch size and reused.
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +23,7 @@ from fastsac._validate import (
     as_float32,
     as_obs,
     check_count,
+    obs_dtype_of,
     shape,
     torch_dtype,
 )
@@ -64,8 +67,10 @@ class _Staging:
         # The core writes through numpy views of these tensors, checked once here.
         self.fill = _core.Staging(buf._core, batch_size, h.obs.numpy(), h.next_obs.numpy(),
                                   h.action.numpy(), h.reward.numpy(), h.discount.numpy()).fill
-        # Marks the end of the last non-blocking copy out of this staging (CUDA only).
+        # CUDA only: marks the end of the last non-blocking copy out of this staging; the lock
+        # keeps two sampling threads from refilling it while the other's copy is in flight.
         self.copied = torch.cuda.Event() if buf.device.type == "cuda" else None
+        self.lock = threading.Lock()
 
 
 class ReplayBuffer:
@@ -104,14 +109,15 @@ class ReplayBuffer:
                  pin_memory: bool | None = None, seed: int | None = None) -> None:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
-        self.obs_dtype = np.dtype(obs_dtype)
-        torch_dtype(self.obs_dtype)  # raises TypeError for dtypes torch cannot hold
+        self.obs_dtype = obs_dtype_of(obs_dtype)
         self.num_envs = check_count("num_envs", num_envs)
         self.frame_stack = check_count("frame_stack", frame_stack)
         self.n_step = check_count("n_step", n_step)
         capacity = check_count("capacity", capacity)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
-            raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+            raise TypeError(f"gamma must be a real number, got {gamma!r}")
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
@@ -136,6 +142,9 @@ class ReplayBuffer:
 
         self._frame_bytes = math.prod(self.obs_shape) * self.obs_dtype.itemsize
         self._action_dim = math.prod(self.action_shape)
+        for name, size in (("obs_shape", self._frame_bytes), ("action_shape", self._action_dim)):
+            if size > 2**40:  # the core's bound, which keeps its arithmetic in int64
+                raise ValueError(f"{name} is too large ({size} elements or bytes)")
         self._ring = ring
         self._core = self._new_core()
         self._staging: dict[int, _Staging] = {}
@@ -210,22 +219,33 @@ class ReplayBuffer:
 
         See the class docstring for how long the returned batch stays valid.
         """
-        # Hot path: a known batch size goes straight to its staging. The core raises ValueError
-        # if batch_size exceeds num_sampleable, before writing anything.
-        staging = self._staging.get(batch_size) if type(batch_size) is int else None
-        if staging is None:
+        # Hot path: a known batch size goes straight to its staging.
+        if type(batch_size) is not int:
             batch_size = check_count("batch_size", batch_size)
-            staging = self._staging[batch_size] = _Staging(batch_size, self)
+        staging = self._staging.get(batch_size)
+        if staging is None:
+            staging = self._new_staging(batch_size)
         if self._on_cpu:
-            staging.fill(self._threads)
+            staging.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
             return staging.host
-        if staging.copied is not None:
-            staging.copied.synchronize()  # the last copy out of this staging has finished
-        staging.fill(self._threads)
-        out = Batch(*(t.to(self.device, non_blocking=self.pin_memory) for t in staging.host))
-        if staging.copied is not None:
-            staging.copied.record()
+        with staging.lock:
+            if staging.copied is not None:
+                staging.copied.synchronize()  # the last copy out of this staging has finished
+            staging.fill(self._threads)
+            out = Batch(*(t.to(self.device, non_blocking=self.pin_memory)
+                          for t in staging.host))
+            if staging.copied is not None:
+                staging.copied.record(torch.cuda.current_stream(self.device))
         return out
+
+    def _new_staging(self, batch_size: int) -> _Staging:
+        batch_size = check_count("batch_size", batch_size)
+        available = self._core.num_sampleable
+        if batch_size > available:  # before allocating (and pinning) staging for it
+            raise ValueError(f"batch_size {batch_size} is larger than the {available} steps that "
+                             "can be sampled now")
+        staging = self._staging[batch_size] = _Staging(batch_size, self)
+        return staging
 
     # -- persistence ----------------------------------------------------------------------
     def config(self) -> dict:

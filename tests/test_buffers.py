@@ -449,3 +449,29 @@ def test_concurrent_add_and_sample_never_mix_steps():
         stop.set()
         thread.join()
         sys.setswitchinterval(interval)
+
+
+def test_every_sampleable_step_is_drawn_when_streams_hold_unequal_counts():
+    """Streams that hold different numbers of positions (episode starts take two) must each
+    be drawn in proportion; e.g. held counts 5, 4, 6 sum to 3 * 5 but are not equal."""
+    import itertools
+
+    for starts in itertools.product([False, True], repeat=9):  # new episode? per env per add
+        buf = ReplayBuffer(60, (1,), (1,), num_envs=3, seed=11)
+        nxt = [None] * 3
+        ids = []
+        for t in range(3):
+            obs = []
+            for e in range(3):
+                new = starts[3 * t + e] or nxt[e] is None
+                obs.append(e * 1000 + 100 * t + 50 if new else nxt[e])
+            ids += obs
+            nxt = [o + 1 for o in obs]
+            o = np.array(obs, np.float32)[:, None]
+            buf.add(o, o, np.zeros(3), o + 1, np.zeros(3, bool), np.zeros(3, bool))
+        n = buf.num_sampleable
+        assert n == 9
+        seen = set()
+        for _ in range(40):
+            seen.update(buf.sample(n).action[:, 0].tolist())
+        assert seen == set(map(float, ids)), starts

@@ -231,3 +231,93 @@ def test_load_state_dict_rejects_other_config_and_keeps_state():
     with pytest.raises(ValueError):
         buf.load_state_dict(other.state_dict())
     assert_unchanged(buf, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# crafted states that would hang or overflow the core, and consistency under concurrency
+# ---------------------------------------------------------------------------------------------
+def _open_stream_state(count: int, first: int):
+    """A 1-env, ring-4 buffer state with one running episode from `first` to `count - 1`."""
+    buf = ReplayBuffer(4, (1,), (1,), seed=0)
+    for t in range(3):
+        buf.add([t], [t], 0.0, [t + 1], False, False)
+    state = buf.state_dict()
+    storage = state["storage"].copy()
+    stride = buf._core.stride
+    for pos in range(count - 4, count):
+        header = np.frombuffer(storage[(pos % 4) * stride:][:16], np.int64).copy()
+        header[:] = (first, np.iinfo(np.int64).max)
+        storage[(pos % 4) * stride:][:16] = header.view(np.uint8)
+    state.update(storage=storage, streams=np.array([count, first, 3, 1], np.int64))
+    return buf, state
+
+
+def test_state_with_positions_near_int64_max_is_rejected():
+    count = 2**63 - 1
+    buf, state = _open_stream_state(count, count - 4)
+    before = snapshot(buf)
+    with pytest.raises(ValueError, match="stream state"):
+        buf.load_state_dict(state)
+    assert_unchanged(buf, before)
+
+
+def test_state_whose_running_episode_ends_on_a_step_is_rejected():
+    """In episode storage the running episode's last slot is its latest observation: a step
+    there would make add() count a step twice and sample() spin on a phantom step."""
+    buf = ReplayBuffer(8, (1,), (1,), seed=0)
+    for t in range(3):
+        buf.add([t], [t], 0.0, [t + 1], False, False)
+    state = buf.state_dict()
+    last = (buf._core.stream_state()[0] - 1) % 8 * buf._core.stride
+    flags = state["storage"][last + 20:last + 24].view(np.uint32)
+    flags[0] = 1  # has a step
+    state["streams"][2] += 1
+    with pytest.raises(ValueError, match="running episode"):
+        buf.load_state_dict(state)
+
+
+def test_all_zero_rng_state_is_rejected():
+    """xoshiro never leaves the zero state: sampling would loop forever."""
+    buf, _, _ = filled()
+    state = buf.state_dict()
+    state["rng"] = np.zeros(4, np.uint64)
+    with pytest.raises(ValueError, match="rng"):
+        buf.load_state_dict(state)
+
+
+def test_state_dict_is_a_copy():
+    buf, _, d = filled()
+    state = buf.state_dict()
+    frozen = {k: np.array(state[k], copy=True) for k in ("storage", "streams", "rng")}
+    for _ in range(5):
+        d.add([("normal", None)] * buf.num_envs)
+    buf.sample(1)
+    for k, v in frozen.items():
+        assert np.array_equal(state[k], v), k
+
+
+def test_save_during_concurrent_adds_writes_loadable_files(tmp_path):
+    """save() holds the core's lock, so adds from another thread wait instead of tearing it."""
+    import threading
+
+    buf = ReplayBuffer(4096, (64,), (2,), seed=0, num_envs=2)
+    stop = threading.Event()
+
+    def writer():
+        t = 0
+        while not stop.is_set():
+            o = np.full((2, 64), t % 1000, np.float32)
+            buf.add(o, np.zeros((2, 2)), np.zeros(2), o + 1, [False, False], [t % 7 == 6] * 2)
+            t += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for i in range(10):
+            buf.save(tmp_path / f"b{i}.npz")
+    finally:
+        stop.set()
+        thread.join()
+    for i in range(10):
+        loaded = ReplayBuffer.load(tmp_path / f"b{i}.npz")
+        assert len(loaded) > 0

@@ -304,3 +304,28 @@ def test_image_buffer_bytes_per_step():
         fid += 1                                                 # next episode: fresh obs
     assert ratios and max(ratios) <= 21_400, max(ratios)
     assert buf.nbytes == buf.state_dict()["storage"].nbytes
+
+
+def test_rejected_batch_size_allocates_nothing():
+    buf = filled_for_bad_input(F32)
+    n = buf.num_sampleable
+    with pytest.raises(ValueError, match="batch_size"):
+        buf.sample(10_000_000)  # would be gigabytes of staging
+    assert 10_000_000 not in buf._staging
+    assert buf.sample(n).reward.shape == (n,)
+
+
+def test_numpy_int_batch_size_shares_the_staging_of_the_same_int():
+    buf = filled_for_bad_input(F32)
+    a = buf.sample(2)
+    b = buf.sample(np.int64(2))
+    assert a.obs.data_ptr() == b.obs.data_ptr()  # same staging: no allocation per call
+
+
+def test_numpy_scalars_and_byte_order_are_accepted():
+    buf = ReplayBuffer(8, (2,), (1,), gamma=np.float32(0.5), obs_dtype=">f4")
+    assert buf.gamma == 0.5 and buf.obs_dtype == np.dtype("float32")
+    with pytest.raises(TypeError, match="gamma"):
+        ReplayBuffer(8, (2,), (1,), gamma="0.9")
+    with pytest.raises(ValueError, match="obs_shape"):
+        ReplayBuffer(8, (2**62,), (1,), obs_dtype=np.float64)

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -60,9 +61,29 @@ Staging make_staging(py::object core_obj, int64_t batch, const py::array& obs,
                  out};
 }
 
+// Holds the core's (recursive) mutex while Python reads its state, e.g. during a save, so a
+// concurrent add() waits instead of tearing the snapshot. Waits for it without the GIL.
+struct CoreLock {
+  py::object core_obj;
+  std::unique_lock<std::recursive_mutex> lock;
+
+  void enter() {
+    auto& mutex = core_obj.cast<ReplayCore&>().mutex();
+    py::gil_scoped_release nogil;
+    lock = std::unique_lock<std::recursive_mutex>(mutex);
+  }
+  void exit(const py::args&) {
+    if (lock.owns_lock()) lock.unlock();
+  }
+};
+
 }  // namespace
 
 void register_replay(py::module_& m) {
+  py::class_<CoreLock>(m, "CoreLock")
+      .def("__enter__", &CoreLock::enter)
+      .def("__exit__", &CoreLock::exit);
+
   py::class_<Staging>(m, "Staging")
       .def(py::init(&make_staging), py::arg("core"), py::arg("batch"), py::arg("obs"),
            py::arg("next_obs"), py::arg("action"), py::arg("reward"), py::arg("discount"))
@@ -106,26 +127,6 @@ void register_replay(py::module_& m) {
             self.add(o, a, r, no, te, tr);
           },
           "One step of every env (arrays validated and cast by fastsac.ReplayBuffer).")
-      .def(
-          "sample",
-          [](ReplayCore& self, int64_t batch, const py::array& obs, const py::array& next_obs,
-             const py::array& action, const py::array& reward, const py::array& discount,
-             int num_threads) {
-            const auto& c = self.config();
-            if (batch < 1) throw std::invalid_argument("batch_size must be >= 1");
-            const int64_t obs_bytes = batch * c.frame_stack * c.frame_bytes;
-            fastsac::SampleOut out{
-                checked(obs, obs_bytes, obs.itemsize(), "obs", true),
-                checked(next_obs, obs_bytes, next_obs.itemsize(), "next_obs", true),
-                checked<float>(action, batch * c.action_dim * 4, 4, "action", true),
-                checked<float>(reward, batch * 4, 4, "reward", true),
-                checked<float>(discount, batch * 4, 4, "discount", true)};
-            py::gil_scoped_release nogil;
-            self.sample(batch, out, num_threads);
-          },
-          py::arg("batch"), py::arg("obs"), py::arg("next_obs"), py::arg("action"),
-          py::arg("reward"), py::arg("discount"), py::arg("num_threads") = 1,
-          "Draw `batch` steps and gather them into the given arrays, without the GIL.")
       .def_property_readonly("size", &ReplayCore::size)
       .def_property_readonly("num_sampleable", &ReplayCore::num_sampleable)
       .def_property_readonly("capacity", &ReplayCore::capacity)
@@ -141,6 +142,9 @@ void register_replay(py::module_& m) {
                              self.storage_data(), self_obj);
           },
           "The raw storage block as a uint8 view (for save/load).")
+      .def(
+          "locked", [](py::object self) { return CoreLock{self, {}}; },
+          "A context manager holding the core's lock (same thread only).")
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)

@@ -15,6 +15,9 @@ namespace {
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
+constexpr int64_t kMaxField = int64_t{1} << 40;  // bytes of an obs, floats of an action
+constexpr int64_t kMaxCount = int64_t{1} << 62;  // positions written per stream
+
 // True when every IEEE float of `bytes` bytes in [p, p + n) is finite (exponent not all ones).
 template <typename Bits>
 bool all_finite(const uint8_t* p, int64_t n, Bits exponent) {
@@ -55,6 +58,9 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
               cfg_.obs_float_bytes == 8,
           "obs_float_bytes must be 0, 2, 4 or 8");
 
+  // Bounds that keep every size and position below in int64 (positions count up to kMaxCount).
+  require(cfg_.action_dim <= kMaxField && cfg_.frame_bytes <= kMaxField,
+          "action or observation too large");
   const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
   frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
   stride_ = round_up(frame_offset_ + frames * cfg_.frame_bytes, 16);
@@ -142,7 +148,7 @@ void ReplayCore::add(const uint8_t* obs, const float* action, const float* rewar
     for (int64_t i = 0; i < cfg_.action_dim; ++i)
       require(std::isfinite(action[e * cfg_.action_dim + i]), "action must be finite");
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
     const uint8_t* o = obs + e * cfg_.frame_bytes;
     const uint8_t* no = next_obs + e * cfg_.frame_bytes;
@@ -155,14 +161,14 @@ void ReplayCore::add(const uint8_t* obs, const float* action, const float* rewar
 }
 
 int64_t ReplayCore::size() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   int64_t n = 0;
   for (const auto& st : streams_) n += st.steps;
   return n;
 }
 
 std::vector<int64_t> ReplayCore::stream_state() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   std::vector<int64_t> words;
   words.reserve(streams_.size() * kStreamStateWords);
   for (const auto& st : streams_) words.insert(words.end(), {st.count, st.cur_first, st.steps, st.open});
@@ -174,11 +180,11 @@ void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
   for (size_t e = 0; e < streams_.size(); ++e) {
     const int64_t* w = &words[e * kStreamStateWords];
     const int64_t held = std::min(w[0], cfg_.ring);
-    require(w[0] >= 0 && w[1] >= 0 && w[1] <= w[0] && w[2] >= 0 && w[2] <= held &&
-                (w[3] == 0 || w[3] == 1) && (cfg_.storage == Storage::Transition || !w[3] || w[0] > w[1]),
+    require(w[0] >= 0 && w[0] <= kMaxCount && w[1] >= 0 && w[1] <= w[0] && w[2] >= 0 &&
+                w[2] <= held && (w[3] == 0 || w[3] == 1) && (!w[3] || w[0] > w[1]),
             "stream state is inconsistent");
   }
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   for (size_t e = 0; e < streams_.size(); ++e) {
     const int64_t* w = &words[e * kStreamStateWords];
     streams_[e] = StreamState{w[0], w[1], w[2], w[3]};
@@ -186,7 +192,7 @@ void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
 }
 
 void ReplayCore::check_integrity() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   const bool episode = cfg_.storage == Storage::Episode;
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
     const StreamState& st = streams_[e];
@@ -206,7 +212,26 @@ void ReplayCore::check_integrity() const {
                                     ", position " + std::to_string(pos));
     }
     if (steps != st.steps) throw std::invalid_argument("replay state is corrupt: step count");
+    // A running episode ends at the stream's last slot: in episode storage that slot is its
+    // latest observation, which the next add() continues from (so it holds no step yet).
+    if (st.open) {
+      const SlotHeader* last = header(e, st.count - 1);
+      if (last->ep_end != kOpen || (episode && (last->flags & kHasStep)))
+        throw std::invalid_argument("replay state is corrupt: running episode of env " +
+                                    std::to_string(e));
+    }
   }
+}
+
+Rng::State ReplayCore::rng_state() const {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return rng_.state();
+}
+
+void ReplayCore::set_rng_state(const Rng::State& s) {
+  require(s[0] | s[1] | s[2] | s[3], "rng state must not be all zero");
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  rng_.set_state(s);
 }
 
 }  // namespace fastsac

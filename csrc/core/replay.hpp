@@ -99,11 +99,14 @@ class ReplayCore {
   std::vector<int64_t> stream_state() const;
   void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
   // Checks that every held header is consistent with the stream counters, so that restored
-  // (possibly corrupt) state can never make sample() read outside its episode. Throws.
+  // (possibly corrupt) state cannot make add() or sample() leave the storage block or its
+  // episode. Throws std::invalid_argument.
   void check_integrity() const;
-  Rng::State rng_state() const { return rng_.state(); }
-  void set_rng_state(const Rng::State& s) { rng_.set_state(s); }
-  std::mutex& mutex() { return mutex_; }
+  Rng::State rng_state() const;
+  void set_rng_state(const Rng::State& s);  // rejects the all-zero state (a fixed point)
+  // Held by every public method; recursive so that a caller holding it (a consistent save)
+  // can still call them.
+  std::recursive_mutex& mutex() { return mutex_; }
 
  private:
   // Record accessors; `pos` is an absolute position of stream `env`.
@@ -163,9 +166,10 @@ class ReplayCore {
   std::unique_ptr<Memory> storage_;
   std::vector<StreamState> streams_;
   std::vector<Draw> draws_;  // scratch reused by sample()
-  std::vector<Span> spans_;  // scratch reused by sample()
+  std::vector<Span> spans_;     // scratch reused by sample()
+  std::vector<int64_t> ends_;   // scratch: prefix sums of spans_[e].held
   Rng rng_;
-  mutable std::mutex mutex_;
+  mutable std::recursive_mutex mutex_;
 };
 
 }  // namespace fastsac

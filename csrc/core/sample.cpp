@@ -60,7 +60,7 @@ bool ReplayCore::sampleable(int64_t env, int64_t pos) const {
 
 int64_t ReplayCore::num_sampleable_locked() const {
   // Every held step is sampleable except, possibly, the first frame_stack - 1 held positions
-  // (stack partly overwritten) and the last n_step positions (window incomplete).
+  // (stack partly overwritten) and the last n_step + 1 positions (window incomplete).
   int64_t total = 0;
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
     total += streams_[e].steps;
@@ -75,7 +75,7 @@ int64_t ReplayCore::num_sampleable_locked() const {
 }
 
 int64_t ReplayCore::num_sampleable() const {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   return num_sampleable_locked();
 }
 
@@ -138,22 +138,32 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
 }
 
 void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
   const int64_t available = num_sampleable_locked();
   if (batch < 1 || batch > available)
     throw std::invalid_argument("batch_size " + std::to_string(batch) + " is larger than the " +
                                 std::to_string(available) + " steps that can be sampled now");
 
-  // Uniform over held positions, rejecting the few that are not sampleable: uniform over
+  // Uniform over held positions, rejecting those that are not sampleable: uniform over
   // sampleable steps. Draws happen serially, so results do not depend on the thread count.
   const int64_t envs = cfg_.num_envs;
   spans_.resize(static_cast<size_t>(envs));
+  ends_.resize(static_cast<size_t>(envs));
   int64_t held = 0;
-  for (int64_t e = 0; e < envs; ++e) held += (spans_[e] = span_of(e)).held;
+  for (int64_t e = 0; e < envs; ++e) ends_[e] = held += (spans_[e] = span_of(e)).held;
+  // The stream a draw falls in: full rings (the usual case) hold equally many positions, so a
+  // division finds it; otherwise a binary search of the prefix sums.
+  const int64_t each = spans_[0].held;
+  bool equal = true;
+  for (int64_t e = 1; e < envs; ++e) equal = equal && spans_[e].held == each;
   auto draw = [&]() {
     int64_t r = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(held)));
     int64_t e = 0;
-    while (r >= spans_[e].held) r -= spans_[e++].held;
+    if (envs > 1) {
+      e = equal ? r / each
+                : std::upper_bound(ends_.begin(), ends_.end(), r) - ends_.begin();
+      r -= e ? ends_[e - 1] : 0;
+    }
     int64_t slot = spans_[e].oldest_slot + r;
     if (slot >= cfg_.ring) slot -= cfg_.ring;
     return Draw{e, spans_[e].oldest + r, slot};
@@ -178,11 +188,17 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
   };
   constexpr int64_t kAhead = 16;
   for (int64_t i = 0; i < std::min(batch, kAhead); ++i) prefetch(draws_[i]);
+  int64_t rejected = 0;
+  const int64_t max_rejected = 1000 * batch + 1000000;
   auto validate = [&](int64_t i) {
     if (i + kAhead < batch) prefetch(draws_[i + kAhead]);
     Draw& d = draws_[i];
-    while (!step_ok(*reinterpret_cast<const SlotHeader*>(record_of(d)), d.pos, spans_[d.env]))
+    while (!step_ok(*reinterpret_cast<const SlotHeader*>(record_of(d)), d.pos, spans_[d.env])) {
+      // At least `batch` steps are sampleable, so this only trips on a broken invariant.
+      if (++rejected > max_rejected)
+        throw std::runtime_error("fastsac: no sampleable step found (internal error)");
       d = draw();
+    }
   };
 
   // Small batches (vectors) are latency-bound: validate and gather each draw in one pass while
