@@ -188,17 +188,23 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
   };
   constexpr int64_t kAhead = 16;
   for (int64_t i = 0; i < std::min(batch, kAhead); ++i) prefetch(draws_[i]);
+  auto ok = [&](const Draw& d) {
+    return step_ok(*reinterpret_cast<const SlotHeader*>(record_of(d)), d.pos, spans_[d.env]);
+  };
+  // Rejections are rare: keep them (and the guard against a broken invariant, since at least
+  // `batch` steps are sampleable) out of the hot loop's code.
   int64_t rejected = 0;
   const int64_t max_rejected = 1000 * batch + 1000000;
-  auto validate = [&](int64_t i) {
-    if (i + kAhead < batch) prefetch(draws_[i + kAhead]);
-    Draw& d = draws_[i];
-    while (!step_ok(*reinterpret_cast<const SlotHeader*>(record_of(d)), d.pos, spans_[d.env])) {
-      // At least `batch` steps are sampleable, so this only trips on a broken invariant.
+  auto redraw = [&](Draw& d) __attribute__((noinline, cold)) {
+    do {
       if (++rejected > max_rejected)
         throw std::runtime_error("fastsac: no sampleable step found (internal error)");
       d = draw();
-    }
+    } while (!ok(d));
+  };
+  auto validate = [&](int64_t i) {
+    if (i + kAhead < batch) prefetch(draws_[i + kAhead]);
+    if (!ok(draws_[i])) redraw(draws_[i]);
   };
 
   // Small batches (vectors) are latency-bound: validate and gather each draw in one pass while
