@@ -11,5 +11,6 @@ except ImportError as exc:  # a source checkout without a build, or a broken ins
         f"the source tree. Original error: {exc}") from exc
 
 from fastsac.buffers import Batch, ReplayBuffer
+from fastsac.sac import SAC, SACConfig
 
-__all__ = ["Batch", "ReplayBuffer", "__version__"]
+__all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "__version__"]

@@ -1,0 +1,255 @@
+"""The SAC learner: one update = critic step, actor step, alpha step, Polyak averaging.
+
+Nothing here reads a tensor back to the host: ``update`` returns its metrics as tensors, which
+cost a device sync only when someone reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fastsac.buffers import Batch
+from fastsac.networks import (
+    Actor,
+    CriticEnsemble,
+    Encoder,
+    Identity,
+    compile_module,
+    random_shift,
+)
+
+FORMAT = "fastsac.SAC"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Hyper-parameters of the learner; one source of defaults for the API and the CLI."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Widths of the hidden layers of the actor and of each critic."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (and of the pixel encoder)."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha) when alpha is tuned."""
+    tau: float = 0.005
+    """Polyak factor: target <- tau * online + (1 - tau) * target after every update."""
+    gamma: float = 0.99
+    """Discount, for the replay buffer (the update uses the batch's ``discount``, which holds
+    gamma^m for an m-step window or 0 after a termination)."""
+    n_step: int = 1
+    """Steps per return, for the replay buffer."""
+    autotune_alpha: bool = True
+    """Tune alpha so that the policy's entropy tracks ``target_entropy``; False: fixed alpha."""
+    init_alpha: float = 1.0
+    """Alpha at the start (the fixed alpha when not tuned; the seed used 0.2 fixed)."""
+    target_entropy: float | None = None
+    """Entropy target of the alpha tuning; None: -|A| (minus the action dimension)."""
+    num_critics: int = 2
+    """Q-networks in the ensemble; targets use their minimum (clipped double Q)."""
+    log_std_mode: str = "clamp"
+    """"clamp": log_std clamped to [log_std_min, log_std_max]; "tanh": the seed's tanh."""
+    log_std_min: float = -5.0
+    """Lower bound of the policy's log_std (clamp mode)."""
+    log_std_max: float = 2.0
+    """Upper bound of the policy's log_std (clamp mode)."""
+    feature_dim: int = 50
+    """Output width of the pixel encoder."""
+    augment: bool = True
+    """Random-shift augmentation (pad 4, random crop) of pixel obs and next_obs in updates."""
+    compile: str = "jit"
+    """How the networks run: "jit" (TorchScript), "torch" (torch.compile) or "none" (eager)."""
+
+    def __post_init__(self) -> None:
+        if self.compile not in ("jit", "torch", "none"):
+            raise ValueError(f"compile must be 'jit', 'torch' or 'none', got {self.compile!r}")
+        if self.log_std_mode not in ("clamp", "tanh"):
+            raise ValueError(f"log_std_mode must be 'clamp' or 'tanh', got {self.log_std_mode!r}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.init_alpha <= 0:
+            raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
+        if self.num_critics < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError("num_critics and every hidden width must be >= 1")
+
+
+class SAC:
+    """Soft Actor-Critic on vector observations, or on uint8 (C, H, W) images (DrQ-style:
+    a shared conv encoder trained by the critic, random-shift augmentation).
+
+    Actions are in [-1, 1]; rescale them to the env's bounds outside.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
+                 config: SACConfig = SACConfig(), device: str | torch.device = "cpu") -> None:
+        self.obs_shape = tuple(int(d) for d in obs_shape)
+        self.action_shape = tuple(int(d) for d in action_shape)
+        self.config = config
+        self.device = torch.device(device)
+        self.pixels = len(self.obs_shape) == 3
+        action_dim = math.prod(self.action_shape)
+        hidden = list(config.hidden)
+
+        encoder = Encoder(self.obs_shape, config.feature_dim) if self.pixels \
+            else Identity(self.obs_shape)
+        actor = Actor(encoder.out_dim, action_dim, hidden, config.log_std_mode,
+                      config.log_std_min, config.log_std_max)
+        critic = CriticEnsemble(encoder.out_dim, action_dim, hidden, config.num_critics)
+        critic_target = CriticEnsemble(encoder.out_dim, action_dim, hidden, config.num_critics)
+        critic_target.load_state_dict(critic.state_dict())
+        critic_target.requires_grad_(False)
+        self.modules = {"encoder": encoder, "actor": actor, "critic": critic,
+                        "critic_target": critic_target}
+        for m in self.modules.values():
+            m.to(self.device)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device,
+                                      requires_grad=config.autotune_alpha)
+        self.target_entropy = (-float(action_dim) if config.target_entropy is None
+                               else float(config.target_entropy))
+
+        # Compiled views share their parameters with the modules above.
+        self.encoder = compile_module(encoder, config.compile)
+        self.actor = compile_module(actor, config.compile)
+        self.critic = compile_module(critic, config.compile)
+        self.critic_target = compile_module(critic_target, config.compile)
+
+        cuda = self.device.type == "cuda"
+        adam = dict(fused=True) if cuda else dict(foreach=True)
+        self.critic_optim = torch.optim.Adam(
+            [*critic.parameters(), *encoder.parameters()], lr=config.critic_lr, **adam)
+        self.actor_optim = torch.optim.Adam(actor.parameters(), lr=config.actor_lr, **adam)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr, **adam) \
+            if config.autotune_alpha else None
+        self._online = list(critic.parameters())
+        self._target = list(critic_target.parameters())
+        self.updates = 0
+
+    # -- acting ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        """Action(s) in [-1, 1] for one observation (shape ``obs_shape``) or a batch."""
+        x = torch.as_tensor(np.asarray(obs), device=self.device)
+        single = x.dim() == len(self.obs_shape)
+        if single:
+            x = x.unsqueeze(0)
+        action, _ = self.actor(self.encoder(x), deterministic)
+        action = action.reshape(x.shape[0], *self.action_shape).cpu().numpy()
+        return action[0] if single else action
+
+    # -- learning -------------------------------------------------------------------------
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step on ``batch``; returns detached metric tensors (no host sync)."""
+        obs, action, reward, next_obs, discount = (t.to(self.device, non_blocking=True)
+                                                   for t in batch)
+        action = action.flatten(1)
+        if self.pixels and self.config.augment:
+            obs, next_obs = random_shift(obs), random_shift(next_obs)
+        alpha = self.alpha
+
+        # Critic (and encoder): regress every Q onto the clipped double-Q soft target.
+        features = self.encoder(obs)
+        with torch.no_grad():
+            next_features = self.encoder(next_obs)
+            next_action, next_log_prob = self.actor(next_features)
+            next_q = self.critic_target(next_features, next_action).min(0).values
+            target = reward + discount * (next_q - alpha * next_log_prob)
+        q = self.critic(features, action)
+        critic_loss = (q - target).pow(2).mean(1).sum()
+        self.critic_optim.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optim.step()
+
+        # Actor: through Q to the action only (critic weights as constants, encoder detached).
+        features = features.detach()
+        new_action, log_prob = self.actor(features)
+        q_pi = self.critic(features, new_action, True).min(0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        self.actor_optim.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optim.step()
+
+        metrics = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
+                   "alpha": alpha, "entropy": -log_prob.detach().mean(),
+                   "q": q.detach().mean()}
+        if self.alpha_optim is not None:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optim.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optim.step()
+            metrics["loss/alpha"] = alpha_loss.detach()
+
+        with torch.no_grad():  # target <- target + tau * (online - target), fused
+            torch._foreach_lerp_(self._target, self._online, self.config.tau)
+        self.updates += 1
+        return metrics
+
+    # -- persistence ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "config": dataclasses.asdict(self.config),
+            "obs_shape": list(self.obs_shape), "action_shape": list(self.action_shape),
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "log_alpha": self.log_alpha.detach().clone(),
+            "optim": {"critic": self.critic_optim.state_dict(),
+                      "actor": self.actor_optim.state_dict(),
+                      "alpha": self.alpha_optim.state_dict() if self.alpha_optim else None},
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.critic_optim.load_state_dict(state["optim"]["critic"])
+        self.actor_optim.load_state_dict(state["optim"]["actor"])
+        if self.alpha_optim is not None:
+            self.alpha_optim.load_state_dict(state["optim"]["alpha"])
+        self.updates = int(state["updates"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Everything needed to continue training, written atomically."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(prefix=".fastsac-", suffix=".tmp",
+                                   dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAC:
+        """Read an agent written by :meth:`save` (``weights_only``: no code is unpickled)."""
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != FORMAT:
+                raise ValueError("no fastsac.SAC format tag")
+            if state.get("version") != VERSION:
+                raise ValueError(f"format version {state.get('version')}, expected {VERSION}")
+            config = dict(state["config"])
+            config["hidden"] = tuple(config["hidden"])
+            agent = cls(state["obs_shape"], state["action_shape"], SACConfig(**config), device)
+            agent.load_state_dict(state)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+            raise ValueError(f"{os.fspath(path)} is not a readable fastsac SAC checkpoint: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        return agent
