@@ -13,6 +13,7 @@ from collections.abc import Sequence
 BENCHES: dict[str, tuple[str, str]] = {
     "buffer": ("replay buffer: sample latency, gather bandwidth, memory, fill rate",
                "fastsac.bench_buffer"),
+    "update": ("SAC learner: updates per second and act() latency", "fastsac.bench_update"),
 }
 
 

@@ -89,6 +89,18 @@ class Actor(nn.Module):
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
 
+    @torch.jit.export
+    def act(self, features: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """The action only: no log-prob, for acting in the env (about half the ops)."""
+        mean, log_std = self.trunk(features).chunk(2, dim=-1)
+        if deterministic:
+            return torch.tanh(mean)
+        if self.tanh_log_std:
+            log_std = torch.tanh(log_std)
+        else:
+            log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
     def forward(self, features: torch.Tensor,
                 deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (action in [-1, 1], log pi(action | features) of shape (B,))."""

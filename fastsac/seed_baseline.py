@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Normal
 
 
 class ReplayBuffer:
@@ -84,3 +87,98 @@ class ReplayBuffer:
 
 # The name used by fastsac.bench and the pytest benchmarks.
 SeedReplayBuffer = ReplayBuffer
+
+
+# -- the seed's learner (section 19.3), kept as it is, for `fastsac bench update` --------------
+class _SeedQ(nn.Module):
+    def __init__(self, state_dim, action_dim, hidden_dims=(256, 256)):
+        super().__init__()
+        self.input_layer = nn.Linear(state_dim + action_dim, hidden_dims[0])
+        self.hidden_layers = nn.ModuleList(nn.Linear(a, b)
+                                           for a, b in zip(hidden_dims[:-1], hidden_dims[1:]))
+        self.output_layer = nn.Linear(hidden_dims[-1], 1)
+
+    def forward(self, s, a):
+        x = F.relu(self.input_layer(torch.cat((s, a), dim=1)))
+        for layer in self.hidden_layers:
+            x = F.relu(layer(x))
+        return self.output_layer(x)
+
+
+class _SeedDoubleQ(nn.Module):
+    def __init__(self, state_dim, action_dim, hidden_dims):
+        super().__init__()
+        self.q1 = _SeedQ(state_dim, action_dim, hidden_dims)
+        self.q2 = _SeedQ(state_dim, action_dim, hidden_dims)
+
+    def forward(self, s, a):
+        return self.q1(s, a), self.q2(s, a)
+
+
+class _SeedPolicy(nn.Module):
+    def __init__(self, state_dim, action_dim, hidden_dims):
+        super().__init__()
+        self.input_layer = nn.Linear(state_dim, hidden_dims[0])
+        self.hidden_layers = nn.ModuleList(nn.Linear(a, b)
+                                           for a, b in zip(hidden_dims[:-1], hidden_dims[1:]))
+        self.mu_layer = nn.Linear(hidden_dims[-1], action_dim)
+        self.log_std_layer = nn.Linear(hidden_dims[-1], action_dim)
+
+    def forward(self, x):
+        x = F.relu(self.input_layer(x))
+        for layer in self.hidden_layers:
+            x = F.relu(layer(x))
+        return self.mu_layer(x), torch.tanh(self.log_std_layer(x)).exp()
+
+
+class SeedSAC:
+    """The seed's SAC learner: two separate Q modules, ``torch.distributions.Normal``,
+    ``log(1 - a^2 + 1e-7)``, Adam lr 1e-4, fixed alpha 0.2, ``.item()`` of both losses every
+    update and a Python-loop Polyak average. ``learn`` takes the seed buffer's batch."""
+
+    def __init__(self, state_dim, action_dim, hidden_dims=(256, 256), policy_lr=1e-4,
+                 critic_lr=1e-4, gamma=0.99, tau=0.005, alpha=0.2):
+        self.gamma, self.tau, self.alpha = gamma, tau, alpha
+        self.policy = _SeedPolicy(state_dim, action_dim, hidden_dims)
+        self.critic = _SeedDoubleQ(state_dim, action_dim, hidden_dims)
+        self.target_critic = _SeedDoubleQ(state_dim, action_dim, hidden_dims)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=policy_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
+
+    @torch.no_grad()
+    def act(self, s, training=True):
+        s = torch.as_tensor(s, dtype=torch.float)
+        mu, std = self.policy(s)
+        z = torch.normal(mu, std) if training else mu
+        return torch.tanh(z).cpu().numpy()
+
+    def sample_action(self, state):
+        mu, std = self.policy(state)
+        m = Normal(mu, std)
+        z = m.rsample()
+        a = torch.tanh(z)
+        log_prob = m.log_prob(z) - torch.log(1. - a.pow(2) + 1e-7)
+        return a, log_prob.sum(1, keepdim=True)
+
+    def learn(self, batch):
+        s, a, r, s_prime, done = batch
+        with torch.no_grad():
+            a_prime, log_prob_prime = self.sample_action(s_prime)
+            next_q = torch.min(*self.target_critic(s_prime, a_prime))
+            td_target = r + (1. - done) * self.gamma * (next_q - self.alpha * log_prob_prime)
+        q1, q2 = self.critic(s, a)
+        critic_loss = F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target)
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        a_sampled, log_prob = self.sample_action(s)
+        policy_q = torch.min(*self.critic(s, a_sampled))
+        policy_loss = -(policy_q - self.alpha * log_prob).mean()
+        self.policy_optimizer.zero_grad()
+        policy_loss.backward()
+        self.policy_optimizer.step()
+        result = {"policy_loss": policy_loss.item(), "value_loss": critic_loss.item()}
+        for t_p, p in zip(self.target_critic.parameters(), self.critic.parameters()):
+            t_p.data.copy_(self.tau * p.data + (1 - self.tau) * t_p.data)
+        return result

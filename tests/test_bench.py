@@ -1,4 +1,4 @@
-"""`fastsac bench buffer --quick` runs end to end and its numbers make sense."""
+"""`fastsac bench buffer|update --quick` run end to end and their numbers make sense."""
 
 from __future__ import annotations
 
@@ -44,3 +44,14 @@ def test_bench_buffer_quick(tmp_path, capsys):
 
     table = capsys.readouterr().out
     assert "seed-style (median)" in table and "vector sample" in table
+
+
+def test_bench_update_quick(tmp_path, capsys):
+    out = tmp_path / "update.json"
+    assert cli.main(["bench", "update", "--quick", "--json", str(out)]) == 0
+    rows = {r["case"].split(" (")[0].split(",")[0]: r
+            for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"SAC update/s", "act() latency"}
+    for r in rows.values():
+        assert r["fastsac"] > 0 and r["seed"] > 0 and math.isfinite(r["ratio"])
+    assert "update" in capsys.readouterr().out

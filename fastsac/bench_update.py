@@ -1,0 +1,65 @@
+"""Learner benchmarks (``fastsac bench update``): fastsac's SAC update and ``act`` next to the
+seed-style eager learner, HalfCheetah shapes (obs 17, action 6), hidden (256, 256), batch 256.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from fastsac._benchutil import interleaved, log, median, row, spread
+from fastsac.buffers import ReplayBuffer
+from fastsac.sac import SAC, SACConfig
+from fastsac.seed_baseline import SeedReplayBuffer, SeedSAC
+
+OBS, ACT, BATCH, CAPACITY = 17, 6, 256, 100_000
+FLOP_PER_UPDATE = 0.66e9  # the 256x256 MLP update, as counted in DESIGN.md
+
+
+def _buffers(steps: int, seed: int = 0) -> tuple[ReplayBuffer, SeedReplayBuffer]:
+    rng = np.random.default_rng(seed)
+    fast = ReplayBuffer(CAPACITY, (OBS,), (ACT,), seed=seed)
+    slow = SeedReplayBuffer(OBS, ACT, CAPACITY)
+    obs = rng.standard_normal((steps + 1, OBS)).astype(np.float32)
+    act = rng.uniform(-1, 1, (steps, ACT)).astype(np.float32)
+    rew = rng.standard_normal(steps).astype(np.float32)
+    for t in range(steps):
+        end = t % 1000 == 999
+        fast.add(obs[t], act[t], rew[t], obs[t + 1], False, end)
+        slow.store(obs[t], act[t], rew[t], obs[t + 1], False)
+    return fast, slow
+
+
+def run(quick: bool = False) -> list[dict]:
+    torch.manual_seed(0)
+    blocks, calls = (3, 5) if quick else (15, 20)
+    fast_buf, seed_buf = _buffers(2_000 if quick else 10_000)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        agent = SAC((OBS,), (ACT,), SACConfig(compile="jit"))
+        eager = SAC((OBS,), (ACT,), SACConfig(compile="none"))
+    seed = SeedSAC(OBS, ACT)
+
+    log("update: timing one update (sample + update)")
+    t = interleaved({"fastsac": lambda: agent.update(fast_buf.sample(BATCH)),
+                     "eager": lambda: eager.update(fast_buf.sample(BATCH)),
+                     "seed": lambda: seed.learn(seed_buf.sample(BATCH))},
+                    calls=calls, blocks=blocks)
+    ups = {k: 1 / median(v) for k, v in t.items()}
+    rows = [row("SAC update/s (sample + update, batch 256)", "1/s", ups["fastsac"], ups["seed"],
+                lower_is_better=False, target=1.5 * ups["seed"], target_text=">= 1.5x seed",
+                fastsac_iqr=spread([1 / x for x in t["fastsac"]]),
+                note=f"TorchScript networks; compile='none' (eager): {ups['eager']:.0f}/s. "
+                     f"At 0.66 GFLOP per update that is {ups['fastsac'] * 0.66:.0f} GFLOP/s")]
+
+    log("update: timing act() on one observation")
+    obs = np.random.default_rng(1).standard_normal(OBS).astype(np.float32)
+    t = interleaved({"fastsac": lambda: agent.act(obs), "seed": lambda: seed.act(obs)},
+                    calls=200 if not quick else 20, blocks=blocks)
+    us = 1e6
+    rows.append(row("act() latency, one observation", "us", median(t["fastsac"]) * us,
+                    median(t["seed"]) * us, lower_is_better=True, target=40.0,
+                    note="stochastic action, numpy in, numpy out"))
+    return rows
