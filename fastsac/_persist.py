@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from fastsac._io import atomic_write
 
 if TYPE_CHECKING:
     from fastsac.buffers import ReplayBuffer
@@ -81,21 +82,10 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
 
 
 def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastsac-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with buf._core.locked():
-                state = _state(buf, buf._core.storage())
-                state["config"] = json.dumps(state["config"])
-                np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f, buf._core.locked():
+        state = _state(buf, buf._core.storage())
+        state["config"] = json.dumps(state["config"])
+        np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
 
 
 def _read_into(member, target: np.ndarray) -> None:

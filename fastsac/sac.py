@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from fastsac._io import atomic_write
 from fastsac.buffers import Batch
 from fastsac.networks import (
     Actor,
@@ -226,16 +226,8 @@ class SAC:
 
     def save(self, path: str | os.PathLike) -> None:
         """Everything needed to continue training, written atomically."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".fastsac-", suffix=".tmp",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_write(path) as f:
+            torch.save(self.state_dict(), f)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAC:
