@@ -267,3 +267,28 @@ def test_pixel_updates_run_and_train_the_encoder():
     assert all(changed)
     action = agent.act(np.zeros((9, 84, 84), np.uint8))
     assert action.shape == (2,)
+
+
+def test_single_observation_act_equals_the_batched_torch_path():
+    """act() on one CPU vector observation runs numpy on views of the actor's weights: it must
+    give the torch actor's action, also after updates and for copies of the agent."""
+    torch.manual_seed(9)
+    agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN))
+    obs = np.random.default_rng(1).standard_normal((6, OBS)).astype(np.float32)
+
+    def check(a: SAC) -> None:
+        batched = a.act(obs, deterministic=True)
+        single = np.stack([a.act(o, deterministic=True) for o in obs])
+        np.testing.assert_allclose(single, batched, rtol=1e-5, atol=1e-6)
+
+    check(agent)
+    agent.update(fixed_batch(0))  # weights change in place
+    check(agent)
+    twin = copy.deepcopy(agent)
+    twin.update(fixed_batch(1))
+    check(twin)
+    check(agent)
+    assert not np.allclose(twin.act(obs[0], True), agent.act(obs[0], True))
+    # stochastic actions stay in bounds and vary
+    draws = np.stack([agent.act(obs[0]) for _ in range(50)])
+    assert np.all(np.abs(draws) <= 1) and draws.std(0).min() > 0
