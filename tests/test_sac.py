@@ -292,3 +292,32 @@ def test_single_observation_act_equals_the_batched_torch_path():
     # stochastic actions stay in bounds and vary
     draws = np.stack([agent.act(obs[0]) for _ in range(50)])
     assert np.all(np.abs(draws) <= 1) and draws.std(0).min() > 0
+
+
+def test_cuda_graph_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="cuda_graph"):
+        SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, cuda_graph=True), device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_update_equals_the_ungraphed_update():
+    # log_std pinned to -20: the policy is deterministic to ~1e-9, so both agents see the
+    # same actions whatever random numbers the graph's RNG draws.
+    cfg = dict(hidden=HIDDEN, log_std_min=-20.0, log_std_max=-20.0)
+    torch.manual_seed(10)
+    plain = SAC((OBS,), (ACT,), SACConfig(**cfg), device="cuda")
+    torch.manual_seed(10)
+    graphed = SAC((OBS,), (ACT,), SACConfig(**cfg, cuda_graph=True), device="cuda")
+    for seed in range(5):
+        batch = Batch(*(t.cuda() for t in fixed_batch(seed)))
+        m1, m2 = plain.update(batch), graphed.update(batch)
+        for k in m1:
+            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5)
+    for name in ("actor", "critic", "critic_target"):
+        for p1, p2 in zip(plain.modules[name].parameters(), graphed.modules[name].parameters()):
+            torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-5)
+    assert graphed.updates == 5
+    with pytest.raises(ValueError, match="shape"):
+        graphed.update(Batch(*(t[:8].cuda() for t in fixed_batch(0))))
