@@ -18,7 +18,7 @@ def mlp(sizes: list[int], out: int) -> nn.Sequential:
     """Linear + ReLU layers of the given widths, then a linear output layer."""
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]  # Linear keeps no copy of its output
     layers.append(nn.Linear(sizes[-1], out))
     return nn.Sequential(*layers)
 
@@ -155,7 +155,7 @@ class CriticEnsemble(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, detach_weights)
             if i < last:
-                x = torch.relu(x)
+                x = torch.relu_(x)  # baddbmm's backward needs its inputs, not its output
         return x.squeeze(-1)
 
 
