@@ -268,7 +268,7 @@ class SAC:
             # loss = -log_alpha * mean(log_prob + target_entropy); its gradient is the second
             # factor, set directly (autograd for one scalar cost ~0.15 ms per update here).
             gap = log_prob.detach().mean() + self.target_entropy
-            self.log_alpha.grad = -gap.reshape(self.log_alpha.shape)
+            self.log_alpha.grad = -gap.reshape(self.log_alpha.shape).to(self.log_alpha.dtype)
             metrics["loss/alpha"] = -self.log_alpha.detach() * gap
             self.alpha_optim.step()
 
