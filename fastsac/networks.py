@@ -110,12 +110,14 @@ class Actor(nn.Module):
         else:
             log_std = log_std.clamp(self.log_std_min, self.log_std_max)
         eps = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
-        z = mean + log_std.exp() * eps
+        z = torch.addcmul(mean, log_std.exp(), eps)
         # log N(z; mean, std) - log|d tanh(z)/dz|, with log(1 - tanh(z)^2) written stably as
         # 2 * (log 2 - z - softplus(-2z)).
-        # (Literals, as TorchScript cannot read module globals: 0.5 log(2 pi) and log 2.)
-        log_prob = (-0.5 * eps.pow(2) - log_std - 0.9189385332046727
-                    - 2.0 * (0.6931471805599453 - z - F.softplus(-2.0 * z))).sum(-1)
+        # The constants are summed once per row (each element-wise op here costs ~10 us on
+        # the CPU at batch 256): per dimension 0.5 log(2 pi) + 2 log 2, written as a literal
+        # because TorchScript cannot read module globals.
+        per_dim = 2.0 * (z + F.softplus(-2.0 * z)) - log_std - 0.5 * eps * eps
+        log_prob = per_dim.sum(-1) - 2.3052328943245633 * self.action_dim
         return torch.tanh(z), log_prob
 
 
