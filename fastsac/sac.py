@@ -126,8 +126,8 @@ class SAC:
         self.critic = compile_module(critic, config.compile)
         self.critic_target = compile_module(critic_target, config.compile)
 
-        # Fused Adam on the CPU too: 133 vs 123 updates/s with foreach (HalfCheetah shapes,
-        # eager, same run), which is what the issue's "foreach on CPU" was for.
+        # Fused Adam on the CPU too (the issue suggested foreach there): fused measured 133 vs
+        # 123 updates/s for foreach (HalfCheetah shapes, eager, same run).
         adam = dict(fused=True)
         graphed = config.cuda_graph
         if graphed and self.device.type != "cuda":
