@@ -43,20 +43,26 @@ def test_same_seed_same_samples(storage):
     assert_same_samples(a, b)
 
 
+def assert_continues_identically(buf, restored, ref, d) -> None:
+    """``restored`` holds ``buf``'s exact state, samples alike, and keeps doing so (and
+    matching the reference) while both receive the same further adds."""
+    assert len(restored) == len(buf) and restored.num_sampleable == buf.num_sampleable
+    assert_unchanged(restored, {k: v for k, v in snapshot(buf).items() if k != "config"})
+    assert_same_samples(buf, restored)
+    d.also.append(restored)
+    for _ in range(9):
+        d.add([("normal", None)] * buf.num_envs)
+    assert_same_samples(buf, restored)
+    check_against_reference(restored, ref)
+
+
 @pytest.mark.parametrize("storage", ["episode", "transition"])
 def test_state_dict_round_trip(storage):
     buf, ref, d = filled(storage)
     other = ReplayBuffer(**CFG, storage=storage, seed=999)
     sd = buf.state_dict()
     other.load_state_dict(sd)
-    assert len(other) == len(buf) and other.num_sampleable == buf.num_sampleable
-    assert_unchanged(other, {k: v for k, v in snapshot(buf).items() if k != "config"})
-    assert_same_samples(buf, other)
-    d.also.append(other)
-    for _ in range(9):
-        d.add([("normal", None)] * buf.num_envs)
-    assert_same_samples(buf, other)
-    check_against_reference(other, ref)
+    assert_continues_identically(buf, other, ref, d)
 
 
 @pytest.mark.parametrize("storage", ["episode", "transition"])
@@ -71,15 +77,8 @@ def test_save_load_round_trip(tmp_path, storage):
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
     loaded = ReplayBuffer.load(path)
     assert loaded.config() == buf.config()
-    assert len(loaded) == len(buf) and loaded.num_sampleable == buf.num_sampleable
     assert loaded.nbytes == buf.nbytes
-    assert_unchanged(loaded, {k: v for k, v in snapshot(buf).items() if k != "config"})
-    assert_same_samples(buf, loaded)
-    d.also.append(loaded)
-    for _ in range(9):
-        d.add([("normal", None)] * buf.num_envs)
-    assert_same_samples(buf, loaded)
-    check_against_reference(loaded, ref)
+    assert_continues_identically(buf, loaded, ref, d)
 
 
 def test_save_writes_exactly_the_path_and_replaces(tmp_path):
