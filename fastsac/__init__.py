@@ -10,7 +10,8 @@ except ImportError as exc:  # a source checkout without a build, or a broken ins
         "with `pip install .` (it builds the C++ extension) rather than importing it from "
         f"the source tree. Original error: {exc}") from exc
 
+from fastsac._malloc import tune_malloc
 from fastsac.buffers import Batch, ReplayBuffer
 from fastsac.sac import SAC, SACConfig
 
-__all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "__version__"]
+__all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "__version__", "tune_malloc"]

@@ -125,7 +125,7 @@ def _num(x: float) -> str:
 def _ratio(x: float | None) -> str:
     if x is None:
         return "-"
-    return f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+    return f"{x:.1f}x" if x >= 10 else f"{x:.2f}x"  # 1.49x and 1.51x must not both read 1.5x
 
 
 def _cell(x: float | None, unit: str) -> str:

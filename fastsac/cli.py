@@ -21,8 +21,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # Imported here so that `fastsac --help` stays fast.
     import importlib
 
-    from fastsac import _benchutil
+    from fastsac import _benchutil, tune_malloc
 
+    tune_malloc()  # as `fastsac train` runs; process-wide, so the baselines get it too
     info = _benchutil.machine()  # before the run, so loadavg shows other work on the machine
     t0 = time.perf_counter()
     rows = importlib.import_module(BENCHES[args.what][1]).run(args.quick)
