@@ -161,21 +161,50 @@ class CriticEnsemble(nn.Module):
         return x.squeeze(-1)
 
 
-def compile_module(module: nn.Module, mode: str) -> nn.Module:
+def _warn_eager(mode: str, exc: BaseException) -> None:
+    warnings.warn(f"fastsac: compile={mode!r} failed on torch {torch.__version__} "
+                  f"({type(exc).__name__}: {exc}); running the networks eagerly",
+                  RuntimeWarning, stacklevel=3)
+
+
+class _CompiledOrEager:
+    """A torch.compile'd module, which compiles at its first call (and on new shapes): if a
+    call fails where the eager module succeeds, warn once and run eagerly from then on. An
+    error the eager module raises too is the input's, and is raised as it is."""
+
+    def __init__(self, module: nn.Module, compiled: nn.Module):
+        self._module, self._compiled = module, compiled
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Warning:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                out = self._module(*args, **kwargs)
+                self._compiled = None
+                _warn_eager("torch", exc)
+                return out
+        return self._module(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # act(), parameters(), ...: the module's own
+        return getattr(self._module, name)
+
+
+def compile_module(module: nn.Module, mode: str):
     """``mode``: "jit" (TorchScript), "torch" (torch.compile) or "none". If compiling fails on
-    this torch, warn once and return the eager module."""
+    this torch (for torch.compile: at a call, where it compiles), warn once and run eagerly."""
     if mode == "none":
         return module
     try:
         if mode == "jit":
             return torch.jit.script(module)
         if mode == "torch":
-            return torch.compile(module)
+            return _CompiledOrEager(module, torch.compile(module))
     except Warning:
         raise  # a warning turned into an error by the caller's filters is theirs to see
     except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eager
-        warnings.warn(f"fastsac: compile={mode!r} failed on torch {torch.__version__} "
-                      f"({type(exc).__name__}: {exc}); running the networks eagerly",
-                      RuntimeWarning, stacklevel=2)
+        _warn_eager(mode, exc)
         return module
     raise ValueError(f"compile must be 'jit', 'torch' or 'none', got {mode!r}")
