@@ -10,8 +10,13 @@ except ImportError as exc:  # a source checkout without a build, or a broken ins
         "with `pip install .` (it builds the C++ extension) rather than importing it from "
         f"the source tree. Original error: {exc}") from exc
 
+from fastsac import envs  # noqa: F401  (registers fastsac/PointMass-v0 with gymnasium)
 from fastsac._malloc import tune_malloc
 from fastsac.buffers import Batch, ReplayBuffer
 from fastsac.sac import SAC, SACConfig
 
-__all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "__version__", "tune_malloc"]
+# `fastsac.train` is the function below; the module is `sys.modules["fastsac.train"]`
+from fastsac.train import TrainConfig, TrainResult, train
+
+__all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "TrainConfig", "TrainResult",
+           "__version__", "train", "tune_malloc"]

@@ -1,9 +1,11 @@
 """Saving and loading replay buffers: an uncompressed ``.npz`` with a format tag and version.
 
-The file holds the buffer's config (JSON), its raw storage block, the per-stream counters and
-the sampling RNG state, so a loaded buffer samples exactly what the saved one would have.
-Saving holds the core's lock (a concurrent ``add`` waits) and writes the storage straight from
-the core; loading reads it straight into the new core, so neither needs a second copy.
+The file holds the buffer's config (JSON), its storage, the per-stream counters and the
+sampling RNG state, so a loaded buffer samples exactly what the saved one would have. Version
+2 files hold only the slots each stream has written (a buffer's file grows as it fills;
+version 1, still read, held the whole block). Saving holds the core's lock (a concurrent
+``add`` waits) and writes the storage straight from the core; loading reads it straight into
+the new core, so neither needs a second copy.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ if TYPE_CHECKING:
     from fastsac.buffers import ReplayBuffer
 
 FORMAT = "fastsac.ReplayBuffer"
-VERSION = 1
+VERSION = 1  # of state_dict(), whose "storage" is the whole block
+FILE_VERSION = 2  # of save()'s files, whose "storage" holds each stream's written slots
+FILE_VERSIONS = (1, 2)
 KEYS = ("format", "version", "config", "storage", "streams", "rng")
+_CHUNK = 64 << 20
 
 
 def _state(buf: ReplayBuffer, storage: np.ndarray) -> dict:
@@ -43,12 +48,24 @@ def state_dict(buf: ReplayBuffer) -> dict:
         return _state(buf, buf._core.storage().copy())
 
 
-def _check_header(state: dict) -> None:
+def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
     if state["format"] != FORMAT:
         raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
-    if int(state["version"]) != VERSION:
+    if int(state["version"]) not in versions:
         raise ValueError(f"state has format version {state['version']}, this fastsac reads "
-                         f"version {VERSION}")
+                         f"version {' or '.join(map(str, versions))}")
+
+
+def _held_spans(buf: ReplayBuffer, streams: np.ndarray) -> list[tuple[int, int]]:
+    """(offset, bytes) in the storage block of the slots each stream has written: a ring is
+    filled from its start, so they are a prefix of it."""
+    streams = np.asarray(streams, dtype=np.int64)
+    if streams.shape != (4 * buf.num_envs,) or (streams[0::4] < 0).any():
+        raise ValueError(f"stream state has shape {streams.shape} or negative counts")
+    ring = buf._ring
+    stride = buf._core.storage().nbytes // (buf.num_envs * ring)
+    return [(e * ring * stride, int(min(count, ring)) * stride)
+            for e, count in enumerate(streams[0::4])]
 
 
 def _restore(buf: ReplayBuffer, core, state: dict) -> None:
@@ -83,27 +100,46 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
 
 def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
     with atomic_write(path) as f, buf._core.locked():
-        state = _state(buf, buf._core.storage())
+        storage = buf._core.storage()
+        state = _state(buf, None)
+        state["version"] = FILE_VERSION
         state["config"] = json.dumps(state["config"])
-        np.savez(f, **{k: np.asarray(v) for k, v in state.items()})
+        spans = _held_spans(buf, state["streams"])
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+            for key in KEYS:
+                if key == "storage":
+                    continue
+                with z.open(f"{key}.npy", "w") as member:
+                    np.lib.format.write_array(member, np.asarray(state[key]),
+                                              allow_pickle=False)
+            with z.open("storage.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_2_0(member, {
+                    "descr": "|u1", "fortran_order": False,
+                    "shape": (sum(n for _, n in spans),)})
+                for offset, n in spans:
+                    for start in range(offset, offset + n, _CHUNK):
+                        member.write(storage[start:min(start + _CHUNK, offset + n)])
 
 
-def _read_into(member, target: np.ndarray) -> None:
-    """Read an uncompressed ``.npy`` zip member straight into ``target`` (checks the CRC)."""
+def _read_into(member, target: np.ndarray, spans: list[tuple[int, int]]) -> None:
+    """Read an uncompressed ``.npy`` zip member straight into the ``spans`` (offset, bytes) of
+    ``target``, one after the other (checks the CRC)."""
     version = np.lib.format.read_magic(member)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read_header is None:
         raise ValueError(f"unsupported .npy version {version}")
     shape, _, dtype = read_header(member)
-    if dtype != np.uint8 or shape != target.shape:
-        raise ValueError(f"storage has {shape} {dtype}, expected {target.shape} uint8")
-    view, done = memoryview(target), 0
-    while done < target.nbytes:
-        n = member.readinto(view[done:])
-        if not n:
-            raise ValueError("storage is truncated")
-        done += n
+    expected = (sum(n for _, n in spans),)
+    if dtype != np.uint8 or shape != expected:
+        raise ValueError(f"storage has {shape} {dtype}, expected {expected} uint8")
+    for offset, length in spans:
+        view, done = memoryview(target[offset:offset + length]), 0
+        while done < length:
+            n = member.readinto(view[done:])
+            if not n:
+                raise ValueError("storage is truncated")
+            done += n
     if member.read(1):
         raise ValueError("storage has trailing bytes")
 
@@ -119,7 +155,7 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
             state = {k: np.lib.format.read_array(z.open(f"{k}.npy"), allow_pickle=False)
                      for k in KEYS if k != "storage"}
             state["format"] = str(state["format"])
-            _check_header(state)
+            _check_header(state, FILE_VERSIONS)
             config = json.loads(str(state["config"]))
             config["obs_shape"] = tuple(config["obs_shape"])
             config["action_shape"] = tuple(config["action_shape"])
@@ -127,8 +163,11 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
                 buf = cls(**config, **kwargs)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid buffer config: {exc}") from exc
+            target = buf._core.storage()
+            spans = [(0, target.nbytes)] if int(state["version"]) == 1 \
+                else _held_spans(buf, state["streams"])
             with z.open("storage.npy") as member:
-                _read_into(member, buf._core.storage())
+                _read_into(member, target, spans)
             _restore(buf, buf._core, state)  # buf is new: nothing to keep on failure
     except FileNotFoundError:
         raise

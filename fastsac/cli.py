@@ -1,4 +1,4 @@
-"""The ``fastsac`` command: ``fastsac bench buffer`` (and, later, ``fastsac train``)."""
+"""The ``fastsac`` command: ``fastsac train`` and ``fastsac bench``."""
 
 from __future__ import annotations
 
@@ -58,9 +58,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     p.set_defaults(func=cmd_bench)
 
-    # `fastsac train ...` goes here: sub.add_parser("train", ...) with the training config's
-    # fields as options and set_defaults(func=cmd_train). Not implemented yet.
+    add_train_parser(sub)
     return parser
+
+
+def add_train_parser(sub) -> None:
+    from fastsac._configargs import add_options
+    from fastsac.sac import SACConfig
+    from fastsac.train import PRESETS, RESUME_MAY_CHANGE, TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train SAC on a gymnasium task (default: Pendulum-v1, a few minutes)",
+        description="Train SAC on a gymnasium task, vector or pixels. Writes config.json, "
+                    "metrics.csv, progress.png and checkpoints to the run directory.",
+        epilog=f"--resume DIR continues a run from its latest checkpoint with its own "
+               f"config.json; options given with it may change only "
+               f"{', '.join(RESUME_MAY_CHANGE)} (others must equal the run's).")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="start from a named config; options given with it override it. "
+                        "seed: the seed's HalfCheetah-v4 run (1M steps, lr 1e-4, fixed alpha "
+                        "0.2, 5,000 random steps, tanh log-std)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    add_options(p.add_argument_group("training"), TrainConfig)
+    add_options(p.add_argument_group("learner"), SACConfig, dest_prefix="sac.")
+    p.set_defaults(func=cmd_train)
+
+
+def train_config(args: argparse.Namespace):
+    """The TrainConfig the parsed options describe: options typed on the command line, over a
+    preset or the run being resumed, over the defaults."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from fastsac._configargs import split_prefixed
+    from fastsac.train import TrainConfig, with_preset
+
+    typed = {k: v for k, v in vars(args).items()
+             if k not in ("command", "func", "preset", "resume")}
+    plain, sac = split_prefixed(typed, "sac.")
+    if "hidden" in sac:
+        sac["hidden"] = tuple(sac["hidden"])
+    if args.resume:
+        if args.preset:
+            raise ValueError("--preset and --resume do not go together: a resumed run keeps "
+                             "its own config")
+        path = Path(args.resume) / "config.json"
+        if not path.exists():
+            raise ValueError(f"--resume: {args.resume} holds no run (no config.json)")
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        return dataclasses.replace(saved, **plain, sac=dataclasses.replace(saved.sac, **sac))
+    if args.preset:
+        return with_preset(args.preset, **plain, sac=sac)
+    return TrainConfig.from_dict({**plain, "sac": sac})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastsac import tune_malloc
+    from fastsac.train import train
+
+    try:
+        config = train_config(args)
+    except (ValueError, TypeError) as exc:
+        print(f"fastsac train: error: {exc}", file=sys.stderr)
+        return 2
+    tune_malloc()
+    result = train(config, resume=args.resume)
+    last = max(result.eval_returns) if result.eval_returns else None
+    print(f"run: {result.run_dir}" + (f"  eval return at step {last}: "
+                                      f"{result.eval_returns[last]:.1f}" if last else ""))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,10 +174,33 @@ def rewrite(src, dst, **changes) -> None:
 
 
 def test_load_rejects_other_version(saved, tmp_path):
-    bad = tmp_path / "v2.npz"
-    rewrite(saved, bad, version=np.asarray(2))
-    with pytest.raises(ValueError):
+    bad = tmp_path / "v3.npz"
+    rewrite(saved, bad, version=np.asarray(3))
+    with pytest.raises(ValueError, match="version"):
         ReplayBuffer.load(bad)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_a_file_holds_only_the_written_slots_and_grows_as_the_buffer_fills(tmp_path, storage):
+    # streams filled unequally, none wrapped: each file holds what was written, no more
+    buf, ref, d = filled(storage, adds=3)
+    buf.save(tmp_path / "a.npz")
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        held = z.getinfo("storage.npy").file_size
+    stride = buf.nbytes // buf.capacity
+    written = sum(min(len(s.positions), buf.capacity // buf.num_envs) for s in ref.streams)
+    assert held - 128 == written * stride < buf.nbytes  # 128: the .npy header
+    loaded = ReplayBuffer.load(tmp_path / "a.npz")
+    assert_continues_identically(buf, loaded, ref, d)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_version_1_files_with_the_whole_block_still_load(tmp_path, storage):
+    buf, ref, d = filled(storage)
+    buf.save(tmp_path / "v2.npz")
+    rewrite(tmp_path / "v2.npz", tmp_path / "v1.npz", version=np.asarray(1),
+            storage=buf.state_dict()["storage"])
+    assert_continues_identically(buf, ReplayBuffer.load(tmp_path / "v1.npz"), ref, d)
 
 
 def test_load_rejects_corrupt_storage(saved, tmp_path):

@@ -1,0 +1,55 @@
+"""A run's checkpoints: the agent, the trainer's counters and RNG states, the replay buffer.
+
+A checkpoint is several files named by step, then ``latest.json`` naming them, each written
+atomically (temporary file, then rename). A run killed while saving leaves ``latest.json``
+naming the previous complete checkpoint; older files are deleted only after it moved on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fastsac._io import atomic_write
+from fastsac.buffers import ReplayBuffer
+from fastsac.sac import FORMAT as AGENT_FORMAT
+from fastsac.sac import SAC
+
+
+class Checkpoints:
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def save(self, step: int, agent: SAC, state: dict, torch_rng: torch.Tensor,
+             buffer: ReplayBuffer | None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        files = {"agent": f"agent-{step}.pt", "trainer": f"trainer-{step}.json"}
+        with atomic_write(self.dir / files["agent"]) as f:
+            torch.save({"agent": agent.state_dict(), "torch_rng": torch_rng}, f)
+        with atomic_write(self.dir / files["trainer"]) as f:
+            f.write(json.dumps(state).encode())
+        if buffer is not None:
+            files["buffer"] = f"buffer-{step}.npz"
+            buffer.save(self.dir / files["buffer"])
+        with atomic_write(self.dir / "latest.json") as f:
+            f.write(json.dumps({"step": step, **files}).encode())
+        keep = set(files.values()) | {"latest.json"}
+        for p in self.dir.iterdir():
+            if p.name not in keep and not p.name.startswith("."):
+                p.unlink()
+
+    def load(self, device: torch.device) -> tuple[dict, dict, torch.Tensor, ReplayBuffer | None]:
+        """(agent state, trainer state, torch RNG state, buffer or None) of the latest one."""
+        latest = self.dir / "latest.json"
+        if not latest.exists():
+            raise ValueError(f"{self.dir} holds no checkpoint (no latest.json) to resume from")
+        files = json.loads(latest.read_text())
+        saved = torch.load(self.dir / files["agent"], map_location=device, weights_only=True)
+        if not isinstance(saved, dict) or saved.get("agent", {}).get("format") != AGENT_FORMAT:
+            raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint")
+        state = json.loads((self.dir / files["trainer"]).read_text())
+        buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device) \
+            if "buffer" in files else None
+        return saved["agent"], state, saved["torch_rng"], buffer

@@ -1,0 +1,427 @@
+"""``fastsac train``: the training loop, evaluation, logs, plots and checkpoints.
+
+One :class:`TrainConfig` drives both ``fastsac.train(config)`` and the command line (each
+field is an option, its docstring the option's help).
+
+The loop steps a gymnasium vector env with autoreset disabled: a step that ends an episode
+stores its true final observation, and only then are the finished envs reset (each episode of
+env i reset with its own seed, derived from ``seed``, i and the episode's number). So no stored
+transition ever joins two episodes, and an env's episodes depend only on the seed and the
+actions taken: what makes a resumed run repeat an uninterrupted one (see ``docs/train.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from fastsac._checkpoint import Checkpoints
+from fastsac._runlog import MetricsLog, plot_run
+from fastsac.buffers import ReplayBuffer
+from fastsac.envs import make_env
+from fastsac.sac import SAC, SACConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``sac`` holds the learner's hyper-parameters."""
+
+    env: str = "Pendulum-v1"
+    """gymnasium task id (vector observations, or images when ``pixels`` or the task gives
+    uint8 (C, H, W) frames, like fastsac/PointMass-v0)."""
+    total_steps: int = 10_000
+    """Env steps to train for, summed over envs."""
+    seed: int = 0
+    """Seeds torch, the replay buffer, warm-up actions and every episode's reset."""
+    num_envs: int = 1
+    """Envs stepped together (a gymnasium SyncVectorEnv)."""
+    pixels: bool = False
+    """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
+    image_size: int = 84
+    """Side of the rendered frames with ``pixels``."""
+    shadows: bool = False
+    """Render shadows with ``pixels`` (off by default: ~13x cheaper frames here)."""
+    frame_stack: int = 1
+    """Frames the learner sees at once (image tasks); the buffer stacks them at sample time."""
+    learning_starts: int = 1_000
+    """Env steps of uniformly random actions before the first update."""
+    batch_size: int = 256
+    """Transitions per update."""
+    updates_per_step: float = 1.0
+    """Gradient updates per env step (with several envs: per env step of each)."""
+    buffer_size: int | None = None
+    """Replay capacity in slots (an episode of T steps takes T + 1). None: 1,000,000 for
+    vector observations, 100,000 for images (2.1 GB of 84x84 RGB frames)."""
+    eval_every: int = 2_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, deterministic actions, episode i reset with seed + 100 + i
+    (0: no evaluation)."""
+    log_every: int = 1_000
+    """Env steps between rows of training metrics in metrics.csv."""
+    checkpoint_every: int = 10_000
+    """Env steps between checkpoints (0: only at the end)."""
+    save_buffer: bool = True
+    """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
+    run_dir: str = ""
+    """Where config.json, metrics.csv, the plot and checkpoints go ("": runs/ENV-TIME)."""
+    device: str = "auto"
+    """"auto" (CUDA when there is a GPU), "cpu" or "cuda"."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """The learner's hyper-parameters (each one is an option of its own)."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "num_envs", "image_size", "frame_stack", "batch_size",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.buffer_size is not None and self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if not self.updates_per_step >= 0:
+            raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        sac = dict(d.pop("sac", {}))
+        if "hidden" in sac:
+            sac["hidden"] = tuple(sac["hidden"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        return cls(**d, sac=SACConfig(**sac))
+
+
+# The seed's HalfCheetah run (see SEED-NOTES.md), its defects fixed: warm-up actions come from
+# the action space, and policy actions are rescaled to the env's bounds.
+PRESETS: dict[str, dict] = {
+    "seed": dict(env="HalfCheetah-v4", total_steps=1_000_000, learning_starts=5_000,
+                 batch_size=256, updates_per_step=1.0, buffer_size=1_000_000,
+                 eval_every=10_000, eval_episodes=10,
+                 sac=dict(hidden=(256, 256), actor_lr=1e-4, critic_lr=1e-4,
+                          autotune_alpha=False, init_alpha=0.2, log_std_mode="tanh",
+                          gamma=0.99, tau=0.005)),
+}
+
+
+def with_preset(name: str, **overrides) -> TrainConfig:
+    """The preset's config, with ``overrides`` (``sac`` overrides merge into the preset's)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    d = {**PRESETS[name], **{k: v for k, v in overrides.items() if k != "sac"}}
+    d["sac"] = {**PRESETS[name].get("sac", {}), **overrides.get("sac", {})}
+    return TrainConfig.from_dict(d)
+
+
+@dataclass
+class TrainResult:
+    agent: SAC
+    buffer: ReplayBuffer
+    run_dir: Path
+    eval_returns: dict[int, float]
+    """Mean evaluation return at each evaluated step."""
+
+
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    """The reset seed of an env's episode: a function of (seed, env, episode) only."""
+    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
+
+
+class FrameStack:
+    """What the learner sees of each env: its last k frames along axis 0, the first frame
+    repeated at an episode's start, exactly as the replay buffer stacks them."""
+
+    def __init__(self, num_envs: int, frame_shape: tuple[int, ...], k: int, dtype):
+        self.k, self.c = k, frame_shape[0]
+        self.obs = np.zeros((num_envs, k * self.c, *frame_shape[1:]), dtype)
+
+    def reset(self, i: int, frame: np.ndarray) -> None:
+        self.obs[i] = np.concatenate([frame] * self.k, axis=0)
+
+    def push(self, frames: np.ndarray) -> None:
+        self.obs[:, :-self.c] = self.obs[:, self.c:]
+        self.obs[:, -self.c:] = frames
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+class Trainer:
+    """One run: build everything from the config, or from a run directory to resume."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = _resolve_device(config.device)
+        c = config
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: make_env(c.env, c.pixels, c.image_size, c.shadows)] * c.num_envs,
+            autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        obs_space = self.envs.single_observation_space
+        act_space = self.envs.single_action_space
+        if not isinstance(act_space, gym.spaces.Box) or not np.all(np.isfinite(act_space.low)) \
+                or not np.all(np.isfinite(act_space.high)):
+            raise ValueError(f"{c.env}: SAC needs a bounded Box action space, got {act_space}")
+        self.low = act_space.low.astype(np.float64)
+        self.high = act_space.high.astype(np.float64)
+        self.action_shape = act_space.shape
+        self.pixels = len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
+        if c.frame_stack > 1 and not self.pixels:
+            raise ValueError("frame_stack > 1 needs image observations (pixels)")
+        self.obs_dtype = np.uint8 if self.pixels else np.float32
+        self.frame_shape = obs_space.shape
+        capacity = c.buffer_size or (100_000 if self.pixels else 1_000_000)
+        self.buffer = ReplayBuffer(
+            capacity, self.frame_shape, self.action_shape,
+            obs_dtype=self.obs_dtype, num_envs=c.num_envs, frame_stack=c.frame_stack,
+            n_step=c.sac.n_step, gamma=c.sac.gamma, device=self.device, seed=c.seed)
+        torch.manual_seed(c.seed)
+        self.agent = SAC(self.buffer.stacked_obs_shape, self.action_shape, c.sac, self.device)
+        self.rng = np.random.default_rng(c.seed)  # warm-up actions
+        self.step = 0
+        self.episodes = [-1] * c.num_envs  # per env: the episode it is in (its reset seed)
+        self.update_debt = 0.0
+        self._sampleable = False
+        self.eval_returns: dict[int, float] = {}
+        self.log = MetricsLog(run_dir / "metrics.csv")
+        self.checkpoints = Checkpoints(run_dir / "checkpoints")
+        self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
+
+    # -- env side ---------------------------------------------------------------------------
+    def _reset(self, mask: np.ndarray, next_episode: bool = True) -> None:
+        """Reset the envs in ``mask``: to their next episode, or (resuming) to the start of the
+        episode they were in."""
+        for i in np.flatnonzero(mask):
+            self.episodes[i] += next_episode
+        seeds = [episode_seed(self.config.seed, i, self.episodes[i]) if m else None
+                 for i, m in enumerate(mask)]
+        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        for i in np.flatnonzero(mask):
+            self.frame[i] = obs[i]
+            self.stack.reset(i, obs[i]) if self.stack else None
+            self.ep_return[i] = 0.0
+
+    def _start_episodes(self) -> None:
+        n = self.config.num_envs
+        self.frame = np.zeros((n, *self.frame_shape), self.obs_dtype)
+        self.stack = FrameStack(n, self.frame_shape, self.config.frame_stack, self.obs_dtype) \
+            if self.config.frame_stack > 1 else None
+        self.ep_return = np.zeros(n)
+        self._reset(np.ones(n, bool), next_episode=self.step == 0)
+
+    def _policy_obs(self) -> np.ndarray:
+        return self.stack.obs if self.stack else self.frame
+
+    def _actions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(action in [-1, 1] for the buffer, the same action in the env's bounds)."""
+        scale = (self.high - self.low) / 2
+        if self.step < self.config.learning_starts:
+            env_action = self.rng.uniform(self.low, self.high,
+                                          (self.config.num_envs, *self.action_shape))
+            action = ((env_action - self.low) / scale - 1).astype(np.float32)
+            return np.clip(action, -1, 1), env_action
+        obs = self._policy_obs()
+        action = self.agent.act(obs[0])[None] if len(obs) == 1 else self.agent.act(obs)
+        return action, self.low + (action + 1.0) * scale
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        from tqdm.auto import tqdm  # imported here: `fastsac --help` stays fast
+
+        c = self.config
+        self._start_episodes()
+        bar = tqdm(total=c.total_steps, initial=self.step, disable=not c.progress,
+                   unit="step", dynamic_ncols=True, desc=c.env)
+        finished: list[float] = []
+        metrics: dict[str, torch.Tensor] = {}
+        last_log = (self.step, time.perf_counter())
+        t = self.timers
+        while self.step < c.total_steps:
+            t0 = time.perf_counter()
+            action, env_action = self._actions()
+            t1 = time.perf_counter()
+            next_frame, reward, terminated, truncated, _ = self.envs.step(env_action)
+            t2 = time.perf_counter()
+            self.buffer.add(self.frame, action, reward.astype(np.float32),
+                            next_frame.astype(self.obs_dtype, copy=False), terminated, truncated)
+            t3 = time.perf_counter()
+            self.frame = next_frame.astype(self.obs_dtype, copy=False)
+            if self.stack:
+                self.stack.push(self.frame)
+            self.ep_return += reward
+            done = terminated | truncated
+            if done.any():
+                finished += [float(r) for r in self.ep_return[done]]
+                self._reset(done)
+            t4 = time.perf_counter()
+            t["act"] += t1 - t0
+            t["env"] += (t2 - t1) + (t4 - t3)
+            t["buffer"] += t3 - t2
+            self.step += c.num_envs
+            bar.update(c.num_envs)
+
+            if self.step >= c.learning_starts and self._can_sample():
+                self.update_debt += c.updates_per_step * c.num_envs
+                t0 = time.perf_counter()
+                while self.update_debt >= 1:
+                    metrics = self.agent.update(self.buffer.sample(c.batch_size))
+                    self.update_debt -= 1
+                t["update"] += time.perf_counter() - t0
+
+            if self._due(c.log_every):
+                now = time.perf_counter()
+                rows = {k: float(v) for k, v in metrics.items()}  # one host sync per log row
+                rows["perf/steps_per_s"] = (self.step - last_log[0]) / (now - last_log[1])
+                if finished:
+                    rows["train/episode_return"] = float(np.mean(finished))
+                    finished = []
+                self.log.write(self.step, rows)
+                last_log = (self.step, now)
+                bar.set_postfix(self._postfix(rows), refresh=False)
+            final = self.step >= c.total_steps
+            evaluate = c.eval_episodes and ((c.eval_every and self._due(c.eval_every)) or final)
+            if evaluate:
+                ret = self.evaluate()
+                self.eval_returns[self.step] = ret
+                self.log.write(self.step, {"eval/return": ret})
+                bar.set_postfix(self._postfix({}), refresh=False)
+            if evaluate or final:
+                plot_run(self.log.path, self.run_dir / "progress.png", c.env)
+            if (c.checkpoint_every and self._due(c.checkpoint_every)) or final:
+                self.save_checkpoint()
+        bar.close()
+        self.envs.close()
+        return TrainResult(self.agent, self.buffer, self.run_dir, dict(self.eval_returns))
+
+    def _can_sample(self) -> bool:
+        """Whether a batch can be drawn (checked until it can, then it stays so)."""
+        if not self._sampleable:
+            self._sampleable = self.buffer.num_sampleable >= self.config.batch_size
+        return self._sampleable
+
+    def _due(self, every: int) -> bool:
+        """True once per ``every`` env steps (steps advance by num_envs)."""
+        return self.step // every != (self.step - self.config.num_envs) // every
+
+    def _postfix(self, rows: dict) -> dict:
+        out = {}
+        if "perf/steps_per_s" in rows:
+            out["steps/s"] = f"{rows['perf/steps_per_s']:.0f}"
+        if self.eval_returns:
+            out["eval"] = f"{self.eval_returns[max(self.eval_returns)]:.1f}"
+        return out
+
+    def evaluate(self) -> float:
+        """Mean return of the deterministic policy over ``eval_episodes`` episodes on a
+        separate env, episode i reset with seed + 100 + i (the seed's protocol)."""
+        c = self.config
+        env = make_env(c.env, c.pixels, c.image_size, c.shadows)
+        stack = FrameStack(1, self.frame_shape, c.frame_stack, self.obs_dtype) \
+            if c.frame_stack > 1 else None
+        returns = []
+        for i in range(c.eval_episodes):
+            frame, _ = env.reset(seed=c.seed + 100 + i)
+            if stack:
+                stack.reset(0, frame)
+            total, done = 0.0, False
+            while not done:
+                obs = stack.obs[0] if stack else np.asarray(frame, self.obs_dtype)
+                a = self.agent.act(obs, deterministic=True)
+                frame, r, terminated, truncated, _ = env.step(
+                    self.low + (a + 1.0) * (self.high - self.low) / 2)
+                if stack:
+                    stack.push(frame[None])
+                total += float(r)
+                done = terminated or truncated
+            returns.append(total)
+        env.close()
+        return float(np.mean(returns))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = dict(step=self.step, episodes=self.episodes, update_debt=self.update_debt,
+                     eval_returns={str(k): v for k, v in self.eval_returns.items()},
+                     rng=self.rng.bit_generator.state, metrics_bytes=self.log.tell())
+        self.checkpoints.save(self.step, self.agent, state, torch.get_rng_state(),
+                              self.buffer if self.config.save_buffer else None)
+
+    def restore(self) -> None:
+        """Continue from the latest checkpoint: everything but the episodes in flight, which
+        restart (their steps so far stay in the buffer, ended as truncated)."""
+        agent_state, state, torch_rng, buffer = self.checkpoints.load(self.device)
+        self.agent.load_state_dict(agent_state)
+        torch.set_rng_state(torch_rng)
+        if buffer is not None:
+            self.buffer = buffer
+        self.step = int(state["step"])
+        self.episodes = [int(e) for e in state["episodes"]]
+        self.update_debt = float(state["update_debt"])
+        self.eval_returns = {int(k): float(v) for k, v in state["eval_returns"].items()}
+        self.rng.bit_generator.state = state["rng"]
+        self.log.truncate(int(state["metrics_bytes"]))  # rows written after the checkpoint
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    name = config.env.replace("/", "-") + ("-pixels" if config.pixels else "")
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None
+          ) -> TrainResult:
+    """Train SAC as ``config`` says (None: the defaults). ``resume``: continue the run in that
+    directory from its latest checkpoint; ``config`` (None: the run's own config.json) may then
+    differ from the run's only in ``total_steps``, ``progress`` and ``run_dir``."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").exists():
+            raise ValueError(f"resume: {run_dir} holds no run (no config.json)")
+        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        config = resumed_config(saved, config or saved)
+    else:
+        config = config or TrainConfig()
+        run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+        if (run_dir / "config.json").exists():
+            raise ValueError(f"run_dir {run_dir} already holds a run: resume it, or pick another")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    trainer = Trainer(config, run_dir)
+    if resume is not None:
+        trainer.restore()
+    return trainer.run()
+
+
+RESUME_MAY_CHANGE = ("total_steps", "progress", "run_dir")
+
+
+def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """``saved`` with ``given``'s values of RESUME_MAY_CHANGE; any other difference raises."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in RESUME_MAY_CHANGE and getattr(given, f.name) != getattr(saved, f.name):
+            raise ValueError(f"resume: {f.name} was {getattr(saved, f.name)!r} in the run, "
+                             f"got {getattr(given, f.name)!r}; only {RESUME_MAY_CHANGE} may change")
+    return dataclasses.replace(saved, total_steps=given.total_steps, progress=given.progress,
+                               run_dir=saved.run_dir)

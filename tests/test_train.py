@@ -1,0 +1,275 @@
+"""fastsac train: the loop, its outputs, resume, autoreset, frame stacks and learning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
+from fastsac._runlog import read_metrics
+from fastsac.cli import main
+from fastsac.train import FrameStack, with_preset
+
+TINY = SACConfig(hidden=(16, 16))
+
+
+def quick(tmp_path, **kw) -> TrainConfig:
+    """A config that trains for seconds."""
+    cfg = dict(env="Pendulum-v1", total_steps=400, learning_starts=100, batch_size=32,
+               buffer_size=2_000, eval_every=0, eval_episodes=0, log_every=100,
+               checkpoint_every=0,
+               progress=False, run_dir=str(tmp_path / "run"), sac=TINY)
+    return TrainConfig(**{**cfg, **kw})
+
+
+# -- a test env whose observations say which episode and step they are ---------------------
+class CounterEnv(gym.Env):
+    """obs = (episode uid, t). Terminates with probability 0.15 per step; the TimeLimit cuts
+    episodes at 12 steps."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.uid, self.t = float(self.np_random.integers(1, 2**20)), 0
+        return np.array([self.uid, 0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = bool(self.np_random.random() < 0.15)
+        return np.array([self.uid, self.t], np.float32), 1.0, terminated, False, {}
+
+
+gym.register("fastsac-test/Counter-v0", entry_point=CounterEnv, max_episode_steps=12)
+
+
+def check_no_transition_joins_episodes(buffer: ReplayBuffer, gamma: float) -> None:
+    seen = set()
+    for _ in range(200):
+        b = buffer.sample(64)
+        obs, nxt, disc = b.obs.numpy(), b.next_obs.numpy(), b.discount.numpy().ravel()
+        assert np.array_equal(obs[:, 0], nxt[:, 0]), "a transition joins two episodes"
+        assert np.array_equal(nxt[:, 1], obs[:, 1] + 1)
+        assert np.all((disc == 0) | np.isclose(disc, gamma))  # 0 only after a termination
+        seen.update(map(tuple, obs.tolist()))
+    assert len(seen) > 0.9 * buffer.num_sampleable  # the draws covered the buffer
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_autoreset_stores_no_transition_joining_two_episodes(tmp_path, num_envs):
+    r = train(quick(tmp_path, env="fastsac-test/Counter-v0", num_envs=num_envs,
+                    total_steps=600, learning_starts=10_000, buffer_size=1_200))
+    assert len(r.buffer) == 600
+    check_no_transition_joins_episodes(r.buffer, TINY.gamma)
+
+
+def test_terminations_and_truncations_reach_the_buffer_apart(tmp_path):
+    r = train(quick(tmp_path, env="fastsac-test/Counter-v0", total_steps=600,
+                    learning_starts=10_000))
+    b = r.buffer.sample(512)
+    t, disc = b.next_obs.numpy()[:, 1], b.discount.numpy().ravel()
+    ended = t == 12  # cut by the TimeLimit unless it terminated on that very step
+    assert (disc == 0).any(), "no termination was stored"
+    assert (disc[ended] > 0).any(), "time-limit truncations must bootstrap"
+    assert (disc[~ended] == 0).sum() > 0 and (disc[~ended] > 0).sum() > 0
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_cli_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for cls in (TrainConfig, SACConfig):
+        for f in dataclasses.fields(cls):
+            if f.name != "sac":
+                assert "--" + f.name.replace("_", "-") in text, f.name
+    assert "--preset" in text and "--resume" in text
+
+
+def test_cli_vector_run_writes_outputs_that_parse(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--env", "Pendulum-v1", "--total-steps", "300",
+                 "--learning-starts", "100", "--batch-size", "32", "--hidden", "16", "16",
+                 "--eval-every", "200", "--eval-episodes", "1", "--log-every", "100",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert cfg.total_steps == 300 and cfg.sac.hidden == (16, 16) and cfg.env == "Pendulum-v1"
+    m = read_metrics(run / "metrics.csv")
+    assert [s for s, _ in m["eval/return"]] == [200, 300]
+    assert all(-2000 < v < 0 for _, v in m["eval/return"])
+    for key in ("loss/actor", "loss/critic", "alpha", "perf/steps_per_s"):
+        assert [s for s, _ in m[key]] == [100, 200, 300], key  # updates start at step 100
+    assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 300
+
+
+def test_cli_pixel_run_with_several_envs_and_frame_stack(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--env", "fastsac/PointMass-v0", "--num-envs", "2",
+                 "--frame-stack", "3", "--total-steps", "120", "--learning-starts", "80",
+                 "--batch-size", "8", "--hidden", "16", "16", "--feature-dim", "8",
+                 "--eval-episodes", "1", "--run-dir", str(run), "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["num_envs"] == 2 and cfg["frame_stack"] == 3
+    assert "eval/return" in read_metrics(run / "metrics.csv")
+
+
+def test_cli_mujoco_pixels(tmp_path, monkeypatch):
+    pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
+    run = tmp_path / "run"
+    assert main(["train", "--env", "HalfCheetah-v5", "--pixels", "--frame-stack", "3",
+                 "--total-steps", "40", "--learning-starts", "30", "--batch-size", "4",
+                 "--buffer-size", "1000",
+                 "--hidden", "16", "16", "--feature-dim", "8", "--eval-episodes", "0",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    buf = ReplayBuffer.load(run / "checkpoints" / "buffer-40.npz")
+    assert buf.obs_shape == (3, 84, 84) and buf.stacked_obs_shape == (9, 84, 84)
+    frames = buf.sample(4).obs.numpy()
+    assert frames.dtype == np.uint8 and frames.std() > 0  # real renders, not blank frames
+
+
+def test_cli_rejects_bad_options_by_name(tmp_path, capsys):
+    assert main(["train", "--batch-size", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_preset_seed_is_the_seeds_run():
+    cfg = with_preset("seed")
+    assert (cfg.env, cfg.total_steps, cfg.learning_starts, cfg.batch_size) == \
+        ("HalfCheetah-v4", 1_000_000, 5_000, 256)
+    assert (cfg.updates_per_step, cfg.eval_every, cfg.eval_episodes) == (1.0, 10_000, 10)
+    s = cfg.sac
+    assert (s.hidden, s.actor_lr, s.critic_lr, s.autotune_alpha, s.init_alpha) == \
+        ((256, 256), 1e-4, 1e-4, False, 0.2)
+    assert (s.gamma, s.tau, s.log_std_mode) == (0.99, 0.005, "tanh")
+    assert with_preset("seed", total_steps=5, sac=dict(tau=0.01)).sac.actor_lr == 1e-4
+
+
+# -- resume --------------------------------------------------------------------------------
+def params(agent) -> list[torch.Tensor]:
+    return [p.detach().clone() for m in agent.modules.values() for p in m.parameters()]
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_resume_at_an_episode_boundary_equals_the_uninterrupted_run(tmp_path, num_envs):
+    # Pendulum's episodes last 200 steps; with num_envs envs they all end at 200 * num_envs.
+    stop, total = 200 * num_envs, 300 * num_envs
+    full = train(quick(tmp_path / "a", num_envs=num_envs, total_steps=total))
+    part = quick(tmp_path / "b", num_envs=num_envs, total_steps=stop)
+    train(part)
+    resumed = train(dataclasses.replace(part, total_steps=total), resume=part.run_dir)
+    for p, q in zip(params(full.agent), params(resumed.agent)):
+        assert torch.equal(p, q)
+    assert full.agent.updates == resumed.agent.updates
+    a, b = full.buffer.state_dict(), resumed.buffer.state_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    ma = read_metrics(tmp_path / "a" / "run" / "metrics.csv")
+    mb = read_metrics(tmp_path / "b" / "run" / "metrics.csv")
+    assert ma["loss/critic"] == mb["loss/critic"]  # no rows lost or doubled by the resume
+
+
+def test_resume_mid_episode_restarts_the_episodes_in_flight(tmp_path):
+    cfg = quick(tmp_path, env="fastsac-test/Counter-v0", num_envs=2, total_steps=150,
+                learning_starts=10_000)
+    train(cfg)
+    r = train(dataclasses.replace(cfg, total_steps=400), resume=cfg.run_dir)
+    assert len(r.buffer) == 400
+    check_no_transition_joins_episodes(r.buffer, TINY.gamma)
+
+
+def test_resume_without_a_saved_buffer_refills_one(tmp_path):
+    cfg = quick(tmp_path, total_steps=200, save_buffer=False)
+    train(cfg)
+    r = train(dataclasses.replace(cfg, total_steps=400), resume=cfg.run_dir)
+    assert len(r.buffer) == 200 and r.agent.updates > 0
+
+
+def test_resume_refuses_changed_options(tmp_path):
+    cfg = quick(tmp_path, total_steps=200)
+    train(cfg)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(dataclasses.replace(cfg, batch_size=64), resume=cfg.run_dir)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg)
+
+
+def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = quick(tmp_path, total_steps=400, checkpoint_every=200)
+    real_save, calls = ReplayBuffer.save, []
+
+    def dies_on_second_save(self, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed midway through writing checkpoint 400
+        real_save(self, path)
+    monkeypatch.setattr(ReplayBuffer, "save", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(ReplayBuffer, "save", real_save)
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 200
+    r = train(cfg, resume=cfg.run_dir)  # continues from step 200
+    full = train(quick(tmp_path / "full", total_steps=400))
+    assert all(torch.equal(p, q) for p, q in zip(params(full.agent), params(r.agent)))
+    assert sorted(p.name for p in ckpt.iterdir()) == \
+        ["agent-400.pt", "buffer-400.npz", "latest.json", "trainer-400.json"]
+
+
+# -- what the actor sees -------------------------------------------------------------------
+def test_actor_frame_stacks_equal_the_buffers():
+    k, shape = 3, (1, 2, 2)
+    buf = ReplayBuffer(200, shape, (1,), obs_dtype=np.uint8, frame_stack=k, seed=0)
+    stack = FrameStack(1, shape, k, np.uint8)
+    seen, value = set(), 0
+    for length in (1, 2, 5, 7):
+        value += 1
+        frame = np.full(shape, value, np.uint8)
+        stack.reset(0, frame)
+        seen.add(stack.obs[0].tobytes())
+        for t in range(length):
+            value += 1
+            nxt = np.full(shape, value, np.uint8)
+            buf.add(frame, np.zeros(1, np.float32), 0.0, nxt, False, t == length - 1)
+            stack.push(nxt[None])
+            seen.add(stack.obs[0].tobytes())
+            frame = nxt
+    sampled = set()
+    for _ in range(50):
+        b = buf.sample(8)
+        for o in (*b.obs.numpy(), *b.next_obs.numpy()):
+            sampled.add(o.tobytes())
+    assert sampled == seen  # the same stacks, the first frame repeated at each start
+
+
+# -- learning ------------------------------------------------------------------------------
+def random_policy_return(env_id: str, seed: int, episodes: int = 10) -> float:
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    total = 0.0
+    for i in range(episodes):
+        env.reset(seed=seed + 100 + i)
+        done = False
+        while not done:
+            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            total += r
+            done = term or trunc
+    return total / episodes
+
+
+def test_sac_learns_the_builtin_pixel_task(tmp_path):
+    r = train(TrainConfig(env="fastsac/PointMass-v0", total_steps=2_000, learning_starts=500,
+                          batch_size=64, eval_every=0, eval_episodes=10, checkpoint_every=0,
+                          progress=False, run_dir=str(tmp_path / "run")))
+    random_return = random_policy_return("fastsac/PointMass-v0", seed=0)  # about -40
+    (learned,) = r.eval_returns.values()
+    assert learned > 0.5 * random_return, (learned, random_return)
