@@ -11,7 +11,7 @@ except ImportError as exc:  # a source checkout without a build, or a broken ins
         f"the source tree. Original error: {exc}") from exc
 
 from fastsac import envs  # noqa: F401  (registers fastsac/PointMass-v0 with gymnasium)
-from fastsac._malloc import tune_malloc
+from fastsac._process import tune_process
 from fastsac.buffers import Batch, ReplayBuffer
 from fastsac.sac import SAC, SACConfig
 
@@ -19,4 +19,4 @@ from fastsac.sac import SAC, SACConfig
 from fastsac.train import TrainConfig, TrainResult, train
 
 __all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "TrainConfig", "TrainResult",
-           "__version__", "train", "tune_malloc"]
+           "__version__", "train", "tune_process"]

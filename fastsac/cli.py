@@ -14,6 +14,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "buffer": ("replay buffer: sample latency, gather bandwidth, memory, fill rate",
                "fastsac.bench_buffer"),
     "update": ("SAC learner: updates per second and act() latency", "fastsac.bench_update"),
+    "train": ("end-to-end training on HalfCheetah-v5, vector and pixels (needs the mujoco "
+              "extra)", "fastsac.bench_train"),
 }
 
 
@@ -21,9 +23,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # Imported here so that `fastsac --help` stays fast.
     import importlib
 
-    from fastsac import _benchutil, tune_malloc
+    from fastsac import _benchutil, tune_process
 
-    tune_malloc()  # as `fastsac train` runs; process-wide, so the baselines get it too
+    tune_process()  # as `fastsac train` runs; process-wide, so the baselines get it too
     info = _benchutil.machine()  # before the run, so loadavg shows other work on the machine
     t0 = time.perf_counter()
     rows = importlib.import_module(BENCHES[args.what][1]).run(args.quick)
@@ -114,7 +116,7 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastsac import tune_malloc
+    from fastsac import tune_process
     from fastsac.train import train
 
     try:
@@ -122,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:
         print(f"fastsac train: error: {exc}", file=sys.stderr)
         return 2
-    tune_malloc()
+    tune_process()
     result = train(config, resume=args.resume)
     last = max(result.eval_returns) if result.eval_returns else None
     print(f"run: {result.run_dir}" + (f"  eval return at step {last}: "

@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -66,14 +69,19 @@ class PointMassEnv(gym.Env):
 class RenderedObservation(gym.ObservationWrapper):
     """A MuJoCo task observed through its ``rgb_array`` render, as uint8 (3, H, W).
 
-    ``shadows=False`` (the default) turns shadow maps off before the first render: 84x84
-    frames cost ~2 ms instead of ~27 ms with Mesa's software renderer.
+    Unless ``full_render``, shadows, reflections and multisampling are turned off before the
+    first render: an 84x84 HalfCheetah frame then took 1.3 ms instead of 34 ms with Mesa's
+    software renderer here (one run each; ``fastsac bench train`` measures it again).
     """
 
-    def __init__(self, env: gym.Env, shadows: bool = False):
+    def __init__(self, env: gym.Env, full_render: bool = False):
         super().__init__(env)
-        if not shadows:
-            env.unwrapped.model.vis.quality.shadowsize = 0
+        self.render_seconds = 0.0  # spent rendering observations, for `fastsac bench train`
+        if not full_render:
+            model = env.unwrapped.model
+            model.vis.quality.shadowsize = 0
+            model.vis.quality.offsamples = 0  # read when the offscreen buffer is made
+            model.mat_reflectance[:] = 0  # no second pass for a reflecting floor
         frame = self._frame(env)
         self.observation_space = spaces.Box(0, 255, frame.shape, np.uint8)
 
@@ -83,19 +91,35 @@ class RenderedObservation(gym.ObservationWrapper):
         return np.ascontiguousarray(env.render().transpose(2, 0, 1))
 
     def observation(self, observation) -> np.ndarray:
-        return np.ascontiguousarray(self.env.render().transpose(2, 0, 1))
+        t0 = time.perf_counter()
+        frame = self.env.render()
+        self.render_seconds += time.perf_counter() - t0
+        return np.ascontiguousarray(frame.transpose(2, 0, 1))
+
+
+def _mujoco_warnings_to_stderr() -> None:
+    """MuJoCo's default warning handler also appends to MUJOCO_LOG.TXT in the working
+    directory; print its warnings to stderr instead, unless the user installed a handler."""
+    if importlib.util.find_spec("mujoco") is None:
+        return
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(lambda msg: print(f"MuJoCo warning: {msg}", file=sys.stderr))
 
 
 def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
-             shadows: bool = False) -> gym.Env:
+             full_render: bool = False) -> gym.Env:
     """One env: ``env_id`` as gymnasium makes it, or with ``pixels`` its rendered frames."""
+    if "mujoco" in str(gym.spec(env_id).entry_point):
+        _mujoco_warnings_to_stderr()
     if not pixels:
         return gym.make(env_id)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; the user's choice wins
     env = gym.make(env_id, render_mode="rgb_array", width=image_size, height=image_size)
     if not hasattr(env.unwrapped, "model"):
         raise ValueError(f"pixels=True renders MuJoCo tasks; {env_id} is not one")
-    return RenderedObservation(env, shadows)
+    return RenderedObservation(env, full_render)
 
 
 if POINT_MASS_ID not in gym.registry:

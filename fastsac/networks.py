@@ -42,7 +42,9 @@ class Encoder(nn.Module):
         self.out_dim = feature_dim
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = obs.float() / 255.0 - 0.5
+        # channels-last (NHWC) activations: oneDNN's convolutions ran forward + backward 2x
+        # faster in it on this CPU (256 x 9x84x84 batch, same run); weights follow in SAC.
+        x = (obs.float() / 255.0 - 0.5).contiguous(memory_format=torch.channels_last)
         return self.head(self.convs(x).flatten(1))
 
 

@@ -104,8 +104,8 @@ class SAC:
         action_dim = math.prod(self.action_shape)
         hidden = list(config.hidden)
 
-        encoder = Encoder(self.obs_shape, config.feature_dim) if self.pixels \
-            else Identity(self.obs_shape)
+        encoder = Encoder(self.obs_shape, config.feature_dim).to(
+            memory_format=torch.channels_last) if self.pixels else Identity(self.obs_shape)
         actor = Actor(encoder.out_dim, action_dim, hidden, config.log_std_mode,
                       config.log_std_min, config.log_std_max)
         critic = CriticEnsemble(encoder.out_dim, action_dim, hidden, config.num_critics)

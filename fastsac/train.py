@@ -47,8 +47,9 @@ class TrainConfig:
     """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
     image_size: int = 84
     """Side of the rendered frames with ``pixels``."""
-    shadows: bool = False
-    """Render shadows with ``pixels`` (off by default: ~13x cheaper frames here)."""
+    full_render: bool = False
+    """With ``pixels``: keep MuJoCo's shadows, reflections and multisampling (off by default:
+    an 84x84 frame costs ~1.3 ms instead of ~34 ms here; see BENCHMARKS.md)."""
     frame_stack: int = 1
     """Frames the learner sees at once (image tasks); the buffer stacks them at sample time."""
     learning_starts: int = 1_000
@@ -176,10 +177,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path):
         self.config = config
         self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.device = _resolve_device(config.device)
         c = config
         self.envs = gym.vector.SyncVectorEnv(
-            [lambda: make_env(c.env, c.pixels, c.image_size, c.shadows)] * c.num_envs,
+            [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs,
             autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         obs_space = self.envs.single_observation_space
         act_space = self.envs.single_action_space
@@ -259,38 +261,10 @@ class Trainer:
         finished: list[float] = []
         metrics: dict[str, torch.Tensor] = {}
         last_log = (self.step, time.perf_counter())
-        t = self.timers
         while self.step < c.total_steps:
-            t0 = time.perf_counter()
-            action, env_action = self._actions()
-            t1 = time.perf_counter()
-            next_frame, reward, terminated, truncated, _ = self.envs.step(env_action)
-            t2 = time.perf_counter()
-            self.buffer.add(self.frame, action, reward.astype(np.float32),
-                            next_frame.astype(self.obs_dtype, copy=False), terminated, truncated)
-            t3 = time.perf_counter()
-            self.frame = next_frame.astype(self.obs_dtype, copy=False)
-            if self.stack:
-                self.stack.push(self.frame)
-            self.ep_return += reward
-            done = terminated | truncated
-            if done.any():
-                finished += [float(r) for r in self.ep_return[done]]
-                self._reset(done)
-            t4 = time.perf_counter()
-            t["act"] += t1 - t0
-            t["env"] += (t2 - t1) + (t4 - t3)
-            t["buffer"] += t3 - t2
-            self.step += c.num_envs
+            finished += self.env_step()
             bar.update(c.num_envs)
-
-            if self.step >= c.learning_starts and self._can_sample():
-                self.update_debt += c.updates_per_step * c.num_envs
-                t0 = time.perf_counter()
-                while self.update_debt >= 1:
-                    metrics = self.agent.update(self.buffer.sample(c.batch_size))
-                    self.update_debt -= 1
-                t["update"] += time.perf_counter() - t0
+            metrics = self.learn() or metrics
 
             if self._due(c.log_every):
                 now = time.perf_counter()
@@ -317,6 +291,48 @@ class Trainer:
         self.envs.close()
         return TrainResult(self.agent, self.buffer, self.run_dir, dict(self.eval_returns))
 
+    def env_step(self) -> list[float]:
+        """One step of every env: act, step, store, reset the envs whose episode ended.
+        Returns the returns of the episodes that ended."""
+        t, c = self.timers, self.config
+        t0 = time.perf_counter()
+        action, env_action = self._actions()
+        t1 = time.perf_counter()
+        next_frame, reward, terminated, truncated, _ = self.envs.step(env_action)
+        next_frame = next_frame.astype(self.obs_dtype, copy=False)
+        t2 = time.perf_counter()
+        self.buffer.add(self.frame, action, reward.astype(np.float32), next_frame,
+                        terminated, truncated)
+        t3 = time.perf_counter()
+        self.frame = next_frame
+        if self.stack:
+            self.stack.push(next_frame)
+        self.ep_return += reward
+        done = terminated | truncated
+        finished = [float(r) for r in self.ep_return[done]]
+        if finished:
+            self._reset(done)
+        t4 = time.perf_counter()
+        t["act"] += t1 - t0
+        t["env"] += (t2 - t1) + (t4 - t3)
+        t["buffer"] += t3 - t2
+        self.step += c.num_envs
+        return finished
+
+    def learn(self) -> dict[str, torch.Tensor] | None:
+        """The updates due after the last env step; the last one's metrics (None: none)."""
+        c = self.config
+        if self.step < c.learning_starts or not self._can_sample():
+            return None
+        self.update_debt += c.updates_per_step * c.num_envs
+        metrics = None
+        t0 = time.perf_counter()
+        while self.update_debt >= 1:
+            metrics = self.agent.update(self.buffer.sample(c.batch_size))
+            self.update_debt -= 1
+        self.timers["update"] += time.perf_counter() - t0
+        return metrics
+
     def _can_sample(self) -> bool:
         """Whether a batch can be drawn (checked until it can, then it stays so)."""
         if not self._sampleable:
@@ -339,7 +355,7 @@ class Trainer:
         """Mean return of the deterministic policy over ``eval_episodes`` episodes on a
         separate env, episode i reset with seed + 100 + i (the seed's protocol)."""
         c = self.config
-        env = make_env(c.env, c.pixels, c.image_size, c.shadows)
+        env = make_env(c.env, c.pixels, c.image_size, c.full_render)
         stack = FrameStack(1, self.frame_shape, c.frame_stack, self.obs_dtype) \
             if c.frame_stack > 1 else None
         returns = []

@@ -1,0 +1,147 @@
+"""End-to-end training benchmarks (``fastsac bench train``), on HalfCheetah-v5 (MuJoCo).
+
+- Vector: one env, hidden (256, 256), batch 256, one update per env step, after learning
+  starts. fastsac's own training loop (``Trainer.env_step`` + ``Trainer.learn``, what
+  ``fastsac train`` runs) next to a seed-style loop built from the seed-style buffer and
+  learner (act, env step, store, sample, learn), in alternating blocks.
+- Pixels: 84x84 RGB, frame stack 3, batch 256: env steps/s and where the time goes.
+- Rendering: an 84x84 frame as fastsac renders it (no shadows, reflections or multisampling)
+  and with MuJoCo's defaults.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+
+from fastsac._benchutil import interleaved, log, median, row
+from fastsac.sac import SACConfig
+from fastsac.seed_baseline import ReplayBuffer as SeedReplayBuffer
+from fastsac.seed_baseline import SeedSAC
+from fastsac.train import TrainConfig, Trainer
+
+ENV = "HalfCheetah-v5"
+SEED_1M_SECONDS = 1 * 3600 + 53 * 60 + 40  # the seed's 1M-step run: 1:53:40 (146.6 steps/s)
+
+
+def _trainer(run_dir: Path, **kw) -> Trainer:
+    cfg = TrainConfig(env=ENV, progress=False, eval_episodes=0, checkpoint_every=0,
+                      run_dir=str(run_dir), **kw)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        trainer = Trainer(cfg, run_dir)
+    trainer._start_episodes()
+    return trainer
+
+
+class SeedLoop:
+    """The seed's training step: act, env step, store, then one learn call on a batch."""
+
+    def __init__(self, batch_size: int, learning_starts: int):
+        self.env = gym.make(ENV)
+        self.obs, _ = self.env.reset(seed=0)
+        dims = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        self.buffer = SeedReplayBuffer(*dims, 1_000_000)
+        self.agent = SeedSAC(*dims)
+        self.batch_size = batch_size
+        for _ in range(learning_starts):
+            self.step(self.env.action_space.sample(), learn=False)
+
+    def step(self, action=None, learn: bool = True) -> None:
+        if action is None:
+            action = self.agent.act(self.obs)
+        next_obs, r, terminated, truncated, _ = self.env.step(action)
+        self.buffer.store(self.obs, action, r, next_obs, terminated)
+        self.obs = self.env.reset()[0] if terminated or truncated else next_obs
+        if learn:
+            self.agent.learn(self.buffer.sample(self.batch_size))
+
+
+def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
+    starts, blocks, calls = (300, 3, 5) if quick else (2_000, 10, 40)
+    torch.manual_seed(0)
+    fast = _trainer(tmp / "vector", learning_starts=starts, sac=SACConfig())
+    while fast.step < starts:
+        fast.env_step()
+
+    def fast_step():
+        fast.env_step()
+        fast.learn()
+    seed = SeedLoop(256, starts)
+    log(f"train: timing {blocks} blocks of {calls} training steps, vector {ENV}")
+    t = interleaved({"fastsac": fast_step, "seed": seed.step}, calls=calls, blocks=blocks)
+    sps = {k: 1 / median(v) for k, v in t.items()}
+    hours = 1e6 / sps["fastsac"] / 3600
+    return [
+        row(f"training steps/s, {ENV}, after learning starts", "1/s", sps["fastsac"],
+            sps["seed"], lower_is_better=False, target=1.5 * sps["seed"],
+            target_text=">= 1.5x seed",
+            note="act + env step + store + sample + update, one env, 256x256, batch 256. "
+                 f"1M steps at this rate: {hours:.2f} h (fastsac), "
+                 f"{1e6 / sps['seed'] / 3600:.2f} h (seed-style, this machine); the seed "
+                 f"reported {SEED_1M_SECONDS / 3600:.2f} h on its machine")]
+
+
+def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
+    starts, steps, batch = (20, 2, 16) if quick else (300, 8, 256)
+    torch.manual_seed(0)
+    px = _trainer(tmp / "pixels", pixels=True, frame_stack=3, learning_starts=starts,
+                  batch_size=batch, buffer_size=10_000)
+    while px.step < starts:
+        px.env_step()
+    px.env_step()
+    px.learn()  # the first update compiles
+    renders = [e.render_seconds for e in px.envs.envs]
+    before = dict(px.timers)
+    log(f"train: timing {steps} pixel training steps (batch {batch})")
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        px.env_step()
+        px.learn()
+    elapsed = time.perf_counter() - t0
+    spent = {k: (px.timers[k] - before[k]) / steps for k in before}
+    render = (sum(e.render_seconds for e in px.envs.envs) - sum(renders)) / steps
+    ms = 1e3
+    split = (f"per step: update {spent['update'] * ms:.0f} ms, render {render * ms:.1f} ms, "
+             f"rest of env step {(spent['env'] - render) * ms:.1f} ms, act "
+             f"{spent['act'] * ms:.1f} ms, store {spent['buffer'] * ms:.2f} ms")
+    return [row(f"pixel training steps/s, {ENV} 84x84 RGB, stack 3, batch {batch}", "1/s",
+                steps / elapsed, None, lower_is_better=False, note=split)]
+
+
+def _render_rows(quick: bool) -> list[dict]:
+    from fastsac.envs import make_env
+
+    frames, blocks = (3, 2) if quick else (20, 5)
+    envs = {name: make_env(ENV, pixels=True, full_render=full)
+            for name, full in (("fastsac", False), ("seed", True))}
+    for env in envs.values():
+        env.reset(seed=0)
+    log("train: timing renders, fast and full")
+    t = interleaved({k: e.unwrapped.render for k, e in envs.items()}, calls=frames,
+                    blocks=blocks)
+    for env in envs.values():
+        env.close()
+    return [row("render one 84x84 frame: fastsac's vs MuJoCo's default quality", "ms",
+                median(t["fastsac"]) * 1e3, median(t["seed"]) * 1e3, lower_is_better=True,
+                note="fastsac: shadows, reflections and multisampling off; Mesa software "
+                     "rendering through EGL (MUJOCO_GL=egl)")]
+
+
+def run(quick: bool = False) -> list[dict]:
+    try:
+        import mujoco  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit("fastsac bench train needs MuJoCo: pip install 'fastsac[mujoco]'") \
+            from exc
+    with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
+        rows = _vector_rows(quick, Path(tmp))
+        rows += _pixel_rows(quick, Path(tmp))
+    rows += _render_rows(quick)
+    return rows
+
