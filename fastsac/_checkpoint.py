@@ -8,6 +8,8 @@ naming the previous complete checkpoint; older files are deleted only after it m
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -17,17 +19,23 @@ from fastsac.buffers import ReplayBuffer
 from fastsac.sac import FORMAT as AGENT_FORMAT
 from fastsac.sac import SAC
 
+_OURS = re.compile(r"(agent-\d+\.pt|trainer-\d+\.json|buffer-\d+\.npz|\.fastsac-.*\.tmp)")
+
 
 class Checkpoints:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
 
-    def save(self, step: int, agent: SAC, state: dict, torch_rng: torch.Tensor,
-             buffer: ReplayBuffer | None) -> None:
+    def exists(self) -> bool:
+        return (self.dir / "latest.json").exists()
+
+    def save(self, step: int, agent: SAC, state: dict, rng: dict, buffer: ReplayBuffer | None
+             ) -> None:
+        """``rng``: torch RNG states ("cpu": a tensor; "cuda": a list of them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         files = {"agent": f"agent-{step}.pt", "trainer": f"trainer-{step}.json"}
         with atomic_write(self.dir / files["agent"]) as f:
-            torch.save({"agent": agent.state_dict(), "torch_rng": torch_rng}, f)
+            torch.save({"agent": agent.state_dict(), "rng": rng}, f)
         with atomic_write(self.dir / files["trainer"]) as f:
             f.write(json.dumps(state).encode())
         if buffer is not None:
@@ -35,21 +43,34 @@ class Checkpoints:
             buffer.save(self.dir / files["buffer"])
         with atomic_write(self.dir / "latest.json") as f:
             f.write(json.dumps({"step": step, **files}).encode())
-        keep = set(files.values()) | {"latest.json"}
+        _fsync_dir(self.dir)
+        # Older checkpoints, and temporary files a killed save left behind: only our own files
+        # (this save's temporaries are gone by now), never anything else put here.
+        keep = set(files.values())
         for p in self.dir.iterdir():
-            if p.name not in keep and not p.name.startswith("."):
+            if p.name not in keep and _OURS.fullmatch(p.name) and p.is_file():
                 p.unlink()
 
-    def load(self, device: torch.device) -> tuple[dict, dict, torch.Tensor, ReplayBuffer | None]:
-        """(agent state, trainer state, torch RNG state, buffer or None) of the latest one."""
+    def load(self, device: torch.device) -> tuple[dict, dict, dict, ReplayBuffer | None]:
+        """(agent state, trainer state, RNG states, buffer or None) of the latest one. Tensors
+        load on the CPU (RNG states must); the agent copies its own to its device."""
         latest = self.dir / "latest.json"
         if not latest.exists():
             raise ValueError(f"{self.dir} holds no checkpoint (no latest.json) to resume from")
         files = json.loads(latest.read_text())
-        saved = torch.load(self.dir / files["agent"], map_location=device, weights_only=True)
+        saved = torch.load(self.dir / files["agent"], map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or saved.get("agent", {}).get("format") != AGENT_FORMAT:
             raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint")
         state = json.loads((self.dir / files["trainer"]).read_text())
         buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device) \
             if "buffer" in files else None
-        return saved["agent"], state, saved["torch_rng"], buffer
+        return saved["agent"], state, saved["rng"], buffer
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames into ``path`` durable (a crash after this keeps latest.json's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -42,14 +42,17 @@ class FusedAdam:
         return self.optim.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optim.load_state_dict(state)
-        self._lists = None  # the state tensors were replaced
+        self.optim.load_state_dict(state)  # step() sees the new state tensors and re-caches
 
     def step(self) -> None:
+        if len(self.optim.param_groups) != 1:
+            raise ValueError("FusedAdam steps one parameter group")
         (group,) = self.optim.param_groups
         params = group["params"]
         grads = [p.grad for p in params]
-        if self._lists is None or not self._fast or any(g is None for g in grads):
+        if self._lists is None or not self._fast or any(g is None for g in grads) \
+                or self.optim.state.get(params[0], {}).get("exp_avg") is not self._lists[0][0]:
+            # (the last test: a state loaded into .optim, by us or directly, replaced them)
             self.optim.step()
             if self._fast and all(p in self.optim.state for p in params):
                 st = [self.optim.state[p] for p in params]

@@ -51,7 +51,8 @@ def state_dict(buf: ReplayBuffer) -> dict:
 def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
     if state["format"] != FORMAT:
         raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
-    if int(state["version"]) not in versions:
+    version = np.asarray(state["version"])
+    if version.ndim != 0 or version.dtype.kind not in "iu" or int(version) not in versions:
         raise ValueError(f"state has format version {state['version']}, this fastsac reads "
                          f"version {' or '.join(map(str, versions))}")
 
@@ -171,7 +172,8 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
             _restore(buf, buf._core, state)  # buf is new: nothing to keep on failure
     except FileNotFoundError:
         raise
-    except (ValueError, TypeError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+    except (ValueError, TypeError, OSError, EOFError, KeyError, MemoryError,
+            zipfile.BadZipFile) as exc:  # MemoryError: a crafted size or header
         raise ValueError(f"{path} is not a readable fastsac replay buffer file "
                          f"(truncated, foreign or corrupt): {exc}") from exc
     return buf

@@ -16,9 +16,10 @@ PANELS = (("eval/return", "average return"), ("loss/actor", "policy loss"),
 class MetricsLog:
     """Appends ``step,key,value`` rows; each write is flushed, so a killed run keeps its rows."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fresh: bool = True):
+        """``fresh``: start the file over; else append to it (creating it if missing)."""
         self.path = Path(path)
-        if not self.path.exists():
+        if fresh or not self.path.exists():
             self.path.write_text("step,key,value\n")
 
     def write(self, step: int, values: dict[str, float]) -> None:

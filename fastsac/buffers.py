@@ -214,6 +214,12 @@ class ReplayBuffer:
         self._core.add(o, a, r, no, te, tr)
 
     # -- sampling -------------------------------------------------------------------------
+    def end_episodes(self) -> None:
+        """End every stream's running episode as truncated: it bootstraps from its last
+        ``next_obs``, and the next ``add`` starts a new episode even if its ``obs`` equals
+        that ``next_obs``. For envs that restart without a final step (a resumed run)."""
+        self._core.end_episodes()
+
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` sampleable steps uniformly, with replacement.
 

@@ -102,9 +102,9 @@ def train_config(args: argparse.Namespace):
     if "hidden" in sac:
         sac["hidden"] = tuple(sac["hidden"])
     if args.resume:
-        if args.preset:
-            raise ValueError("--preset and --resume do not go together: a resumed run keeps "
-                             "its own config")
+        if args.preset or "run_dir" in plain:
+            raise ValueError("--resume DIR takes the run's own config and directory: drop "
+                             f"{'--preset' if args.preset else '--run-dir'}")
         path = Path(args.resume) / "config.json"
         if not path.exists():
             raise ValueError(f"--resume: {args.resume} holds no run (no config.json)")
@@ -117,15 +117,15 @@ def train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastsac import tune_process
-    from fastsac.train import train
+    from fastsac.train import make_trainer
 
-    try:
-        config = train_config(args)
+    try:  # every check happens here, before the first step
+        trainer = make_trainer(train_config(args), resume=args.resume)
     except (ValueError, TypeError) as exc:
         print(f"fastsac train: error: {exc}", file=sys.stderr)
         return 2
     tune_process()
-    result = train(config, resume=args.resume)
+    result = trainer.run()
     last = max(result.eval_returns) if result.eval_returns else None
     print(f"run: {result.run_dir}" + (f"  eval return at step {last}: "
                                       f"{result.eval_returns[last]:.1f}" if last else ""))

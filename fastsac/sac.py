@@ -81,8 +81,19 @@ class SACConfig:
             raise ValueError(f"log_std_mode must be 'clamp' or 'tanh', got {self.log_std_mode!r}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if self.init_alpha <= 0:
-            raise ValueError(f"init_alpha must be > 0, got {self.init_alpha}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
+        if not self.log_std_min < self.log_std_max or not math.isfinite(self.log_std_min) \
+                or not math.isfinite(self.log_std_max):
+            raise ValueError(f"log_std_min < log_std_max must hold (finite), got "
+                             f"{self.log_std_min}, {self.log_std_max}")
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"target_entropy must be finite or None, got {self.target_entropy}")
+        if self.n_step < 1 or self.feature_dim < 1:
+            raise ValueError("n_step and feature_dim must be >= 1")
         if self.num_critics < 1 or not self.hidden or min(self.hidden) < 1:
             raise ValueError("num_critics and every hidden width must be >= 1")
 

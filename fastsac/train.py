@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -91,8 +92,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.buffer_size is not None and self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
-        if not self.updates_per_step >= 0:
-            raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step}")
+        if not 0 <= self.updates_per_step < math.inf:
+            raise ValueError(f"updates_per_step must be finite and >= 0, "
+                             f"got {self.updates_per_step}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
@@ -174,15 +176,30 @@ def _resolve_device(device: str) -> torch.device:
 class Trainer:
     """One run: build everything from the config, or from a run directory to resume."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path):
+    def __init__(self, config: TrainConfig, run_dir: Path, fresh: bool = True):
+        """``fresh``: start metrics.csv over (else it is continued, see ``restore``)."""
         self.config = config
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.device = _resolve_device(config.device)
         c = config
-        self.envs = gym.vector.SyncVectorEnv(
-            [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs,
-            autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        try:
+            self.envs = gym.vector.SyncVectorEnv(
+                [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs,
+                autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        except gym.error.Error as exc:  # an unknown id, a missing extra: the env option's
+            raise ValueError(f"env {c.env!r}: {exc}") from exc
+        try:
+            self._build(c)
+        except BaseException:
+            self.envs.close()
+            raise
+        run_dir.mkdir(parents=True, exist_ok=True)  # only once the run could be built
+        self.log = MetricsLog(run_dir / "metrics.csv", fresh)
+        self.checkpoints = Checkpoints(run_dir / "checkpoints")
+        self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
+
+    def _build(self, c: TrainConfig) -> None:
+        """Buffer, agent and counters for the envs' spaces."""
         obs_space = self.envs.single_observation_space
         act_space = self.envs.single_action_space
         if not isinstance(act_space, gym.spaces.Box) or not np.all(np.isfinite(act_space.low)) \
@@ -209,9 +226,6 @@ class Trainer:
         self.update_debt = 0.0
         self._sampleable = False
         self.eval_returns: dict[int, float] = {}
-        self.log = MetricsLog(run_dir / "metrics.csv")
-        self.checkpoints = Checkpoints(run_dir / "checkpoints")
-        self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
 
     # -- env side ---------------------------------------------------------------------------
     def _reset(self, mask: np.ndarray, next_episode: bool = True) -> None:
@@ -224,7 +238,8 @@ class Trainer:
         obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
         for i in np.flatnonzero(mask):
             self.frame[i] = obs[i]
-            self.stack.reset(i, obs[i]) if self.stack else None
+            if self.stack:
+                self.stack.reset(i, obs[i])
             self.ep_return[i] = 0.0
 
     def _start_episodes(self) -> None:
@@ -382,17 +397,25 @@ class Trainer:
         state = dict(step=self.step, episodes=self.episodes, update_debt=self.update_debt,
                      eval_returns={str(k): v for k, v in self.eval_returns.items()},
                      rng=self.rng.bit_generator.state, metrics_bytes=self.log.tell())
-        self.checkpoints.save(self.step, self.agent, state, torch.get_rng_state(),
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        self.checkpoints.save(self.step, self.agent, state, rng,
                               self.buffer if self.config.save_buffer else None)
 
     def restore(self) -> None:
         """Continue from the latest checkpoint: everything but the episodes in flight, which
         restart (their steps so far stay in the buffer, ended as truncated)."""
-        agent_state, state, torch_rng, buffer = self.checkpoints.load(self.device)
+        agent_state, state, rng, buffer = self.checkpoints.load(self.device)
         self.agent.load_state_dict(agent_state)
-        torch.set_rng_state(torch_rng)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
         if buffer is not None:
             self.buffer = buffer
+            # The envs restart: an episode left running must not continue into the restart,
+            # even where the reset observation equals its last one.
+            self.buffer.end_episodes()
         self.step = int(state["step"])
         self.episodes = [int(e) for e in state["episodes"]]
         self.update_debt = float(state["update_debt"])
@@ -406,11 +429,9 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None
-          ) -> TrainResult:
-    """Train SAC as ``config`` says (None: the defaults). ``resume``: continue the run in that
-    directory from its latest checkpoint; ``config`` (None: the run's own config.json) may then
-    differ from the run's only in ``total_steps``, ``progress`` and ``run_dir``."""
+def make_trainer(config: TrainConfig | None = None,
+                 resume: str | os.PathLike | None = None) -> Trainer:
+    """The Trainer ``train`` runs, with every check done; see ``train``."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.json").exists():
@@ -420,23 +441,35 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
     else:
         config = config or TrainConfig()
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-        if (run_dir / "config.json").exists():
+        if Checkpoints(run_dir / "checkpoints").exists():
             raise ValueError(f"run_dir {run_dir} already holds a run: resume it, or pick another")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # A run that never reached its first checkpoint starts over, resumed or not.
+    fresh = not Checkpoints(run_dir / "checkpoints").exists()
+    trainer = Trainer(config, run_dir, fresh=fresh)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    trainer = Trainer(config, run_dir)
-    if resume is not None:
+    if not fresh:
         trainer.restore()
-    return trainer.run()
+    return trainer
 
 
-RESUME_MAY_CHANGE = ("total_steps", "progress", "run_dir")
+def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None
+          ) -> TrainResult:
+    """Train SAC as ``config`` says (None: the defaults). ``resume``: continue the run in that
+    directory from its latest checkpoint; ``config`` (None: the run's own config.json) may then
+    differ from the run's only in ``total_steps`` and ``progress``. A run directory whose run
+    never reached a checkpoint is started over."""
+    return make_trainer(config, resume).run()
+
+
+RESUME_MAY_CHANGE = ("total_steps", "progress")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """``saved`` with ``given``'s values of RESUME_MAY_CHANGE; any other difference raises."""
+    """``saved`` with ``given``'s values of RESUME_MAY_CHANGE; any other difference raises
+    (``run_dir`` may differ: a moved run resumes where it is)."""
     for f in dataclasses.fields(TrainConfig):
-        if f.name not in RESUME_MAY_CHANGE and getattr(given, f.name) != getattr(saved, f.name):
+        if f.name not in (*RESUME_MAY_CHANGE, "run_dir") \
+                and getattr(given, f.name) != getattr(saved, f.name):
             raise ValueError(f"resume: {f.name} was {getattr(saved, f.name)!r} in the run, "
                              f"got {getattr(given, f.name)!r}; only {RESUME_MAY_CHANGE} may change")
     return dataclasses.replace(saved, total_steps=given.total_steps, progress=given.progress,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from fastsac import cli
 
 EXPECTED = ("vector sample", "image sample, batch", "image sample vs seed uint8",
@@ -55,3 +57,19 @@ def test_bench_update_quick(tmp_path, capsys):
     for r in rows.values():
         assert r["fastsac"] > 0 and r["seed"] > 0 and math.isfinite(r["ratio"])
     assert "update" in capsys.readouterr().out
+
+
+def test_bench_train_quick(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "train.json"
+    assert cli.main(["bench", "train", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].split(",")[0].split(":")[0] for r in rows] == \
+        ["training steps/s", "pixel training steps/s", "render one 84x84 frame"]
+    for r in rows:
+        assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
+    assert rows[0]["seed"] > 0 and rows[2]["seed"] > 0
+    assert "update" in rows[1]["note"] and "render" in rows[1]["note"]
+    assert "training steps/s" in capsys.readouterr().out
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

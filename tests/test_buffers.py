@@ -261,6 +261,28 @@ def test_mismatched_obs_starts_new_episode_as_truncation():
     assert s[1]["discount"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_end_episodes_splits_even_when_the_next_obs_matches(storage):
+    buf = vec_buffer(frame_stack=2, n_step=3, gamma=0.5, storage=storage)
+    add1(buf, 0, 0, 1.0, 1)
+    add1(buf, 1, 1, 1.0, 2)
+    buf.end_episodes()                 # e.g. a resumed run restarting its env
+    buf.end_episodes()                 # idempotent: no episode is running now
+    add1(buf, 2, 2, 4.0, 3)            # obs equals the last next_obs: still a new episode
+    add1(buf, 3, 3, 8.0, 4)
+    add1(buf, 4, 4, 16.0, 5, term=True)
+    s = steps_by_action(buf)
+    assert sorted(s) == [0, 1, 2, 3, 4]
+    # episode 1 ended as truncated: its windows stop at obs 2 and bootstrap from it
+    assert s[0]["reward"] == pytest.approx(1.5) and s[0]["discount"] == pytest.approx(0.25)
+    assert s[1]["reward"] == pytest.approx(1.0) and s[1]["discount"] == pytest.approx(0.5)
+    assert s[1]["next_obs"].tolist() == [1.0, 2.0]
+    # episode 2's first stack repeats its first frame instead of reaching back to frame 1
+    assert s[2]["obs"].tolist() == [2.0, 2.0]
+    assert s[2]["reward"] == pytest.approx(4.0 + 0.5 * 8.0 + 0.25 * 16.0)
+    assert s[2]["discount"] == 0.0
+
+
 def test_episode_continuity_is_compared_after_casting():
     """float64 inputs that differ only below float32 precision are the same stored obs."""
     buf = vec_buffer(n_step=2, gamma=0.5)

@@ -57,9 +57,31 @@ def test_fused_adam_picks_up_a_changed_lr():
 def test_fused_adam_skips_parameters_without_gradient_like_torch():
     ours, theirs = _params(2), _params(2)
     opt, ref = FusedAdam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2, fused=True)
-    for step in range(3):
+    for step in range(6):  # the fast path before and after the step without a gradient
         _grads(ours, step), _grads(theirs, step)
         if step == 2:
             ours[0].grad = theirs[0].grad = None
         opt.step(), ref.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs)), step
+    assert [s["step"].item() for s in opt.state.values()] == [5.0, 6.0, 6.0, 6.0]
+
+
+def test_fused_adam_sees_a_state_loaded_into_the_wrapped_optimizer():
+    ours, theirs = _params(3), _params(3)
+    opt, ref = FusedAdam(ours, lr=1e-2), torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    for step in range(5):
+        if step == 3:
+            opt.optim.load_state_dict(copy.deepcopy(ref.state_dict()))  # not via opt
+            for p, q in zip(ours, theirs):
+                p.data.copy_(q.data)
+        _grads(ours, step), _grads(theirs, step)
+        opt.step(), ref.step()
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert opt.state_dict()["state"][0]["step"] == ref.state_dict()["state"][0]["step"]
+
+
+def test_fused_adam_refuses_several_parameter_groups():
+    opt = FusedAdam(_params(4), lr=1e-2)
+    opt.optim.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    with pytest.raises(ValueError, match="one parameter group"):
+        opt.step()

@@ -343,3 +343,13 @@ def test_save_during_concurrent_adds_writes_loadable_files(tmp_path):
     for i in range(10):
         loaded = ReplayBuffer.load(tmp_path / f"b{i}.npz")
         assert len(loaded) > 0
+
+
+def test_load_rejects_crafted_sizes_and_versions_with_value_error(saved, tmp_path):
+    huge = tmp_path / "huge.npz"
+    rewrite(saved, huge, config=tampered_config(saved, capacity=2**44))
+    bad_version = tmp_path / "v2.7.npz"
+    rewrite(saved, bad_version, version=np.asarray(2.7))
+    for path in (huge, bad_version):
+        with pytest.raises(ValueError, match="not a readable fastsac replay buffer"):
+            ReplayBuffer.load(path)

@@ -145,6 +145,8 @@ void register_replay(py::module_& m) {
       .def(
           "locked", [](py::object self) { return CoreLock{self, {}}; },
           "A context manager holding the core's lock (same thread only).")
+      .def("end_episodes", &ReplayCore::end_episodes, py::call_guard<py::gil_scoped_release>(),
+           "End every stream's running episode as truncated at its last observation.")
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)

@@ -135,6 +135,16 @@ void ReplayCore::add_transition(int64_t env, const uint8_t* obs, const float* ac
   if (terminated || truncated) close_episode(env, pos + 1);
 }
 
+void ReplayCore::end_episodes() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  for (int64_t env = 0; env < cfg_.num_envs; ++env) {
+    const StreamState& st = streams_[env];
+    // The episode's last observation: the slot last written (episode storage), or the
+    // next_obs of the last transition, one past it (transition storage).
+    if (st.open) close_episode(env, cfg_.storage == Storage::Episode ? st.count - 1 : st.count);
+  }
+}
+
 void ReplayCore::add(const uint8_t* obs, const float* action, const float* reward,
                      const uint8_t* next_obs, const uint8_t* terminated,
                      const uint8_t* truncated) {

@@ -81,6 +81,10 @@ class ReplayCore {
   void add(const uint8_t* obs, const float* action, const float* reward, const uint8_t* next_obs,
            const uint8_t* terminated, const uint8_t* truncated);
 
+  // Ends every stream's running episode as truncated at its last observation, so that the
+  // next add() starts a new episode even when its obs equals that observation.
+  void end_episodes();
+
   // Draws `batch` sampleable steps uniformly (with replacement) and gathers them into `out`.
   // Releases nothing: the caller decides about the GIL. Throws std::invalid_argument if fewer
   // than `batch` steps are sampleable.
