@@ -114,6 +114,28 @@ def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
                 steps / elapsed, None, lower_is_better=False, note=split)]
 
 
+def _encoder_rows(quick: bool) -> list[dict]:
+    """The pixel update's main cost, the encoder's forward + backward, in fastsac's
+    channels-last layout and in the NCHW layout of plain PyTorch code."""
+    from fastsac.networks import Encoder
+
+    batch, blocks = (8, 2) if quick else (256, 3)
+    torch.manual_seed(0)
+    obs = torch.randint(0, 256, (batch, 9, 84, 84), dtype=torch.uint8)
+    nets = {"fastsac": Encoder((9, 84, 84)).to(memory_format=torch.channels_last),
+            "seed": Encoder((9, 84, 84))}
+    nchw = nets["seed"]
+    nchw.forward = lambda o: nchw.head(nchw.convs(o.float() / 255.0 - 0.5).flatten(1))
+
+    def fwd_bwd(net):
+        return lambda: net(obs).sum().backward()
+    log(f"train: timing the encoder, channels-last vs NCHW (batch {batch})")
+    t = interleaved({k: fwd_bwd(n) for k, n in nets.items()}, calls=1, blocks=blocks, warmup=1)
+    return [row(f"pixel encoder forward + backward, batch {batch} x 9x84x84", "ms",
+                median(t["fastsac"]) * 1e3, median(t["seed"]) * 1e3, lower_is_better=True,
+                note="fastsac: channels-last activations and weights; seed-style: NCHW")]
+
+
 def _render_rows(quick: bool) -> list[dict]:
     from fastsac.envs import make_env
 
@@ -142,6 +164,7 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
         rows = _vector_rows(quick, Path(tmp))
         rows += _pixel_rows(quick, Path(tmp))
+    rows += _encoder_rows(quick)
     rows += _render_rows(quick)
     return rows
 

@@ -66,10 +66,11 @@ def test_bench_train_quick(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "train", "--quick", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["case"].split(",")[0].split(":")[0] for r in rows] == \
-        ["training steps/s", "pixel training steps/s", "render one 84x84 frame"]
+        ["training steps/s", "pixel training steps/s", "pixel encoder forward + backward",
+         "render one 84x84 frame"]
     for r in rows:
         assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
-    assert rows[0]["seed"] > 0 and rows[2]["seed"] > 0
+    assert rows[0]["seed"] > 0 and rows[2]["seed"] > 0 and rows[3]["seed"] > 0
     assert "update" in rows[1]["note"] and "render" in rows[1]["note"]
     assert "training steps/s" in capsys.readouterr().out
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
