@@ -343,6 +343,32 @@ def test_actor_frame_stacks_equal_the_buffers():
     assert sampled == seen  # the same stacks, the first frame repeated at each start
 
 
+def test_the_trainers_policy_sees_the_stacks_the_buffer_samples(tmp_path, monkeypatch):
+    """In a real pixel run (two envs, episodes of 50 steps, stack 3), every observation the
+    policy acted on is a stack the buffer also returns for that step."""
+    from fastsac.sac import SAC
+
+    seen, real_act = [], SAC.act
+
+    def recording_act(self, obs, deterministic=False):
+        if not deterministic:
+            seen.extend(np.array(obs).reshape(-1, 9, 32, 32))  # a copy: obs is reused
+        return real_act(self, obs, deterministic)
+    monkeypatch.setattr(SAC, "act", recording_act)
+    r = train(quick(tmp_path, env="fastsac/PointMass-v0", num_envs=2, frame_stack=3,
+                    total_steps=240, learning_starts=40, batch_size=8, log_every=1000,
+                    sac=SACConfig(hidden=(8, 8), feature_dim=4)))
+    assert len(seen) == 200  # 100 vector steps of 2 envs after the warm-up
+    sampled = {o.tobytes() for _ in range(300) for o in r.buffer.sample(64).obs.numpy()}
+    acted = {o.tobytes() for o in seen}
+    # with n_step 1 every stored step is sampleable, so 300 x 64 draws over 240 steps cover
+    # them all: every stack the policy acted on must be among them, episode starts included
+    missing = acted - sampled
+    assert not missing, f"{len(missing)} of {len(acted)} policy observations never sampled"
+    firsts = [o for o in seen if np.array_equal(o[:3], o[3:6]) and np.array_equal(o[3:6], o[6:])]
+    assert firsts  # episode starts (first frame repeated) were among them
+
+
 # -- learning ------------------------------------------------------------------------------
 def random_policy_return(env_id: str, seed: int, episodes: int = 10) -> float:
     env = gym.make(env_id)
