@@ -273,6 +273,15 @@ class Trainer:
         self._start_episodes()
         bar = tqdm(total=c.total_steps, initial=self.step, disable=not c.progress,
                    unit="step", dynamic_ncols=True, desc=c.env)
+        try:
+            self._loop(bar)
+        finally:
+            bar.close()
+            self.envs.close()
+        return TrainResult(self.agent, self.buffer, self.run_dir, dict(self.eval_returns))
+
+    def _loop(self, bar) -> None:
+        c = self.config
         finished: list[float] = []
         metrics: dict[str, torch.Tensor] = {}
         last_log = (self.step, time.perf_counter())
@@ -292,19 +301,16 @@ class Trainer:
                 last_log = (self.step, now)
                 bar.set_postfix(self._postfix(rows), refresh=False)
             final = self.step >= c.total_steps
-            evaluate = c.eval_episodes and ((c.eval_every and self._due(c.eval_every)) or final)
-            if evaluate:
+            do_eval = c.eval_episodes and ((c.eval_every and self._due(c.eval_every)) or final)
+            if do_eval:
                 ret = self.evaluate()
                 self.eval_returns[self.step] = ret
                 self.log.write(self.step, {"eval/return": ret})
                 bar.set_postfix(self._postfix({}), refresh=False)
-            if evaluate or final:
+            if do_eval or final:
                 plot_run(self.log.path, self.run_dir / "progress.png", c.env)
             if (c.checkpoint_every and self._due(c.checkpoint_every)) or final:
                 self.save_checkpoint()
-        bar.close()
-        self.envs.close()
-        return TrainResult(self.agent, self.buffer, self.run_dir, dict(self.eval_returns))
 
     def env_step(self) -> list[float]:
         """One step of every env: act, step, store, reset the envs whose episode ended.
