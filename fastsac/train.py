@@ -197,6 +197,7 @@ class Trainer:
         self.log = MetricsLog(run_dir / "metrics.csv", fresh)
         self.checkpoints = Checkpoints(run_dir / "checkpoints")
         self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
+        self._steps_per_s: float | None = None  # the latest, for the progress bar
 
     def _build(self, c: TrainConfig) -> None:
         """Buffer, agent and counters for the envs' spaces."""
@@ -367,7 +368,9 @@ class Trainer:
     def _postfix(self, rows: dict) -> dict:
         out = {}
         if "perf/steps_per_s" in rows:
-            out["steps/s"] = f"{rows['perf/steps_per_s']:.0f}"
+            self._steps_per_s = rows["perf/steps_per_s"]
+        if self._steps_per_s is not None:
+            out["steps/s"] = f"{self._steps_per_s:.0f}"
         if self.eval_returns:
             out["eval"] = f"{self.eval_returns[max(self.eval_returns)]:.1f}"
         return out
