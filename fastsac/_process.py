@@ -1,10 +1,10 @@
 """Process-wide tuning for training on the CPU: ``tune_process`` (fastsac's commands call it;
 the library never does, since it changes the whole process).
 
-glibc malloc. An update allocates and frees dozens of 64 KiB to 512 KiB tensors. With glibc's defaults some
-of them are mmap'ed, or the heap top is trimmed after each update, so their pages fault again
-on every update: 135-165 minor faults per update measured here (HalfCheetah shapes), which
-costs ~5% of the update. Raising both thresholds keeps that memory in the heap for reuse.
+glibc malloc. An update allocates and frees dozens of 64 KiB to 512 KiB tensors. With glibc's
+defaults some of them are mmap'ed, or the heap top is trimmed after each update, so their
+pages fault again on every update: 135-165 minor faults per update measured here (HalfCheetah
+shapes), which costs ~5% of the update. Raising both thresholds keeps that memory for reuse.
 
 numpy's BLAS threads. ``SAC.act`` on one vector observation multiplies in numpy; numpy's
 OpenBLAS then runs its own threads, which keep spinning on the cores torch's update needs: a
