@@ -391,3 +391,18 @@ def test_sac_learns_the_builtin_pixel_task(tmp_path):
     random_return = random_policy_return("fastsac/PointMass-v0", seed=0)  # about -40
     (learned,) = r.eval_returns.values()
     assert learned > 0.5 * random_return, (learned, random_return)
+
+
+def test_cli_resume_accepts_repeated_options_and_refuses_changed_ones(tmp_path, capsys):
+    run = str(tmp_path / "r")
+    base = ["--hidden", "8", "--learning-starts", "100", "--batch-size", "32",
+            "--eval-episodes", "0", "--log-every", "100", "--no-progress"]
+    assert main(["train", "--num-envs", "2", "--total-steps", "200", "--run-dir", run,
+                 *base]) == 0
+    assert main(["train", "--num-envs", "3", "--resume", run, "--total-steps", "300"]) == 2
+    assert "num_envs" in capsys.readouterr().err
+    assert main(["train", "--num-envs", "2", "--resume", run, "--total-steps", "300"]) == 0
+    steps = [s for s, _ in read_metrics(tmp_path / "r" / "metrics.csv")["loss/critic"]]
+    assert steps == [100, 200, 300]
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["total_steps"] == 300 and saved["num_envs"] == 2
