@@ -15,31 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 
 import fastsac
 from fastsac import TrainConfig
+from fastsac.envs import random_policy_return
 
 TASKS = {  # name -> (config overrides, bar the evaluation return must reach)
     "Pendulum-v1": (dict(total_steps=10_000, learning_starts=1_000, eval_every=2_000), -200.0),
     "fastsac/PointMass-v0": (dict(total_steps=2_000, learning_starts=500, batch_size=64,
                                   eval_every=500), None),  # bar: half the random return
 }
-
-
-def random_return(env_id: str, seed: int, episodes: int = 10) -> float:
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    total = 0.0
-    for i in range(episodes):
-        env.reset(seed=seed + 100 + i)
-        done = False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total += r
-            done = term or trunc
-    return total / episodes
 
 
 def main() -> None:
@@ -52,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for env_id, (overrides, task_bar) in TASKS.items():
             for seed in args.seeds:
-                bar = task_bar if task_bar is not None else 0.5 * random_return(env_id, seed)
+                bar = task_bar if task_bar is not None else 0.5 * random_policy_return(env_id, seed)
                 t0 = time.perf_counter()
                 r = fastsac.train(TrainConfig(env=env_id, seed=seed, progress=False,
                                               checkpoint_every=0,

@@ -66,6 +66,23 @@ class PointMassEnv(gym.Env):
         return self._draw().transpose(1, 2, 0)  # HWC, as gymnasium renders
 
 
+def random_policy_return(env_id: str, seed: int, episodes: int = 10) -> float:
+    """Mean return of uniformly random actions under the evaluation protocol (episode i
+    reset with seed + 100 + i): the baseline a learned policy must beat."""
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    total = 0.0
+    for i in range(episodes):
+        env.reset(seed=seed + 100 + i)
+        done = False
+        while not done:
+            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(r)
+            done = terminated or truncated
+    env.close()
+    return total / episodes
+
+
 class RenderedObservation(gym.ObservationWrapper):
     """A MuJoCo task observed through its ``rgb_array`` render, as uint8 (3, H, W).
 

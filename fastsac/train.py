@@ -208,6 +208,7 @@ class Trainer:
             raise ValueError(f"{c.env}: SAC needs a bounded Box action space, got {act_space}")
         self.low = act_space.low.astype(np.float64)
         self.high = act_space.high.astype(np.float64)
+        self.half_range = (self.high - self.low) / 2  # [-1, 1] <-> [low, high]
         self.action_shape = act_space.shape
         self.pixels = len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
         if c.frame_stack > 1 and not self.pixels:
@@ -256,7 +257,7 @@ class Trainer:
 
     def _actions(self) -> tuple[np.ndarray, np.ndarray]:
         """(action in [-1, 1] for the buffer, the same action in the env's bounds)."""
-        scale = (self.high - self.low) / 2
+        scale = self.half_range
         if self.step < self.config.learning_starts:
             env_action = self.rng.uniform(self.low, self.high,
                                           (self.config.num_envs, *self.action_shape))
@@ -392,7 +393,7 @@ class Trainer:
                 obs = stack.obs[0] if stack else np.asarray(frame, self.obs_dtype)
                 a = self.agent.act(obs, deterministic=True)
                 frame, r, terminated, truncated, _ = env.step(
-                    self.low + (a + 1.0) * (self.high - self.low) / 2)
+                    self.low + (a + 1.0) * self.half_range)
                 if stack:
                     stack.push(frame[None])
                 total += float(r)

@@ -13,6 +13,7 @@ import torch
 from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
 from fastsac.cli import main
+from fastsac.envs import random_policy_return
 from fastsac.train import FrameStack, with_preset
 
 TINY = SACConfig(hidden=(16, 16))
@@ -370,20 +371,6 @@ def test_the_trainers_policy_sees_the_stacks_the_buffer_samples(tmp_path, monkey
 
 
 # -- learning ------------------------------------------------------------------------------
-def random_policy_return(env_id: str, seed: int, episodes: int = 10) -> float:
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    total = 0.0
-    for i in range(episodes):
-        env.reset(seed=seed + 100 + i)
-        done = False
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            total += r
-            done = term or trunc
-    return total / episodes
-
-
 def test_sac_learns_the_builtin_pixel_task(tmp_path):
     r = train(TrainConfig(env="fastsac/PointMass-v0", total_steps=2_000, learning_starts=500,
                           batch_size=64, eval_every=0, eval_episodes=10, checkpoint_every=0,
