@@ -132,11 +132,17 @@ class StackedLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default (kaiming_uniform a=sqrt(5))
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+        self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
         w, b = self.weight, self.bias
         if detach_weights:
             w, b = w.detach(), b.detach()
+        if self.out_dim == 1:
+            # A Q-value head. MKL's batched matmul with one output column (and its weight
+            # gradient) ran ~4x slower than this multiply and row sum here (n=2, 256x256: 86
+            # vs 25 us forward, 110 vs 22 us weight gradient): updates 1.05-1.06x faster.
+            return (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b
         return torch.baddbmm(b, x, w)
 
 
