@@ -75,6 +75,8 @@ def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
     seed = SeedLoop(256, starts)
     log(f"train: timing {blocks} blocks of {calls} training steps, vector {ENV}")
     t = interleaved({"fastsac": fast_step, "seed": seed.step}, calls=calls, blocks=blocks)
+    fast.close()
+    seed.env.close()
     sps = {k: 1 / median(v) for k, v in t.items()}
     hours = 1e6 / sps["fastsac"] / 3600
     return [
@@ -106,6 +108,7 @@ def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
     elapsed = time.perf_counter() - t0
     spent = {k: (px.timers[k] - before[k]) / steps for k in before}
     render = (sum(e.render_seconds for e in px.envs.envs) - sum(renders)) / steps
+    px.close()
     ms = 1e3
     split = (f"per step: update {spent['update'] * ms:.0f} ms, render {render * ms:.1f} ms, "
              f"rest of env step {(spent['env'] - render) * ms:.1f} ms, act "

@@ -114,6 +114,14 @@ class RenderedObservation(gym.ObservationWrapper):
         return np.ascontiguousarray(frame.transpose(2, 0, 1))
 
 
+def _print_mujoco_warning(msg: str, _seen: set[str] = set()) -> None:  # noqa: B006
+    """Each distinct warning once per process: a model's load warning (HalfCheetah's
+    deprecated ``settotalmass`` on recent MuJoCo) would otherwise repeat at every evaluation."""
+    if msg not in _seen:
+        _seen.add(msg)
+        print(f"MuJoCo warning: {msg}", file=sys.stderr)
+
+
 def _mujoco_warnings_to_stderr() -> None:
     """MuJoCo's default warning handler also appends to MUJOCO_LOG.TXT in the working
     directory; print its warnings to stderr instead, unless the user installed a handler."""
@@ -122,7 +130,7 @@ def _mujoco_warnings_to_stderr() -> None:
     import mujoco
 
     if mujoco.get_mju_user_warning() is None:
-        mujoco.set_mju_user_warning(lambda msg: print(f"MuJoCo warning: {msg}", file=sys.stderr))
+        mujoco.set_mju_user_warning(_print_mujoco_warning)
 
 
 def make_env(env_id: str, pixels: bool = False, image_size: int = 84,

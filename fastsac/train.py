@@ -198,6 +198,7 @@ class Trainer:
         self.checkpoints = Checkpoints(run_dir / "checkpoints")
         self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
         self._steps_per_s: float | None = None  # the latest, for the progress bar
+        self._eval_env: gym.Env | None = None  # built at the first evaluation, then kept
 
     def _build(self, c: TrainConfig) -> None:
         """Buffer, agent and counters for the envs' spaces."""
@@ -279,7 +280,7 @@ class Trainer:
             self._loop(bar)
         finally:
             bar.close()
-            self.envs.close()
+            self.close()
         return TrainResult(self.agent, self.buffer, self.run_dir, dict(self.eval_returns))
 
     def _loop(self, bar) -> None:
@@ -380,7 +381,9 @@ class Trainer:
         """Mean return of the deterministic policy over ``eval_episodes`` episodes on a
         separate env, episode i reset with seed + 100 + i (the seed's protocol)."""
         c = self.config
-        env = make_env(c.env, c.pixels, c.image_size, c.full_render)
+        if self._eval_env is None:  # kept: a pixel env's renderer (EGL context) is costly
+            self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
+        env = self._eval_env
         stack = FrameStack(1, self.frame_shape, c.frame_stack, self.obs_dtype) \
             if c.frame_stack > 1 else None
         returns = []
@@ -399,8 +402,14 @@ class Trainer:
                 total += float(r)
                 done = terminated or truncated
             returns.append(total)
-        env.close()
         return float(np.mean(returns))
+
+    def close(self) -> None:
+        """Close the training envs and the evaluation env (``run`` does this at its end)."""
+        self.envs.close()
+        if self._eval_env is not None:
+            self._eval_env.close()
+            self._eval_env = None
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -393,3 +394,32 @@ def test_cli_resume_accepts_repeated_options_and_refuses_changed_ones(tmp_path, 
     assert steps == [100, 200, 300]
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["total_steps"] == 300 and saved["num_envs"] == 2
+
+
+def test_evaluation_keeps_one_env_and_follows_the_seeds_protocol(tmp_path, monkeypatch):
+    train_module = sys.modules["fastsac.train"]  # (fastsac.train is the function)
+    built = []
+    real_make_env = train_module.make_env
+    monkeypatch.setattr(train_module, "make_env",
+                        lambda *a, **k: built.append(a) or real_make_env(*a, **k))
+    cfg = quick(tmp_path, eval_episodes=3, seed=7)
+    trainer = train_module.Trainer(cfg, tmp_path / "run")
+    n_train_envs = len(built)
+    first, second = trainer.evaluate(), trainer.evaluate()
+    assert len(built) == n_train_envs + 1  # one evaluation env, kept between evaluations
+    # reference: a fresh env, episode i reset with seed + 100 + i, the mean action rescaled
+    env, returns = gym.make("Pendulum-v1"), []
+    low, high = env.action_space.low, env.action_space.high
+    for i in range(3):
+        obs, _ = env.reset(seed=7 + 100 + i)
+        total, done = 0.0, False
+        while not done:
+            a = trainer.agent.act(obs.astype(np.float32), deterministic=True)
+            obs, r, terminated, truncated, _ = env.step(low + (a + 1.0) * (high - low) / 2)
+            total, done = total + float(r), terminated or truncated
+        returns.append(total)
+    assert first == second == pytest.approx(np.mean(returns), rel=1e-9)
+    closed = []
+    trainer._eval_env.close = lambda: closed.append(True)
+    trainer.close()
+    assert closed == [True]
