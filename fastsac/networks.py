@@ -160,13 +160,23 @@ class CriticEnsemble(nn.Module):
                 detach_weights: bool = False) -> torch.Tensor:
         """Q-values of shape (n, B). ``detach_weights``: use the weights as constants, so that
         a loss through Q (the actor's) computes no gradients for them."""
-        x = torch.cat([features, action], dim=-1).unsqueeze(0).expand(self.n, -1, -1)
-        last = len(self.layers) - 1
+        x = self._first_layer(features, action, detach_weights)
         for i, layer in enumerate(self.layers):
-            x = layer(x, detach_weights)
-            if i < last:
-                x = torch.relu_(x)  # baddbmm's backward needs its inputs, not its output
+            if i > 0:  # (in place: baddbmm's backward needs its inputs, not its output)
+                x = layer(torch.relu_(x), detach_weights)
         return x.squeeze(-1)
+
+    def _first_layer(self, features: torch.Tensor, action: torch.Tensor,
+                     detach_weights: bool) -> torch.Tensor:
+        first = self.layers[0]
+        if detach_weights and first.out_dim > 1:
+            # The actor's loss needs dQ/d(action) only: the features' half is a constant, and
+            # the input gradient has |A| columns instead of |features| + |A|.
+            w, b, k = first.weight.detach(), first.bias.detach(), features.shape[-1]
+            h = torch.baddbmm(b, features.unsqueeze(0).expand(self.n, -1, -1), w[:, :k])
+            return torch.baddbmm(h, action.unsqueeze(0).expand(self.n, -1, -1), w[:, k:])
+        x = torch.cat([features, action], dim=-1).unsqueeze(0).expand(self.n, -1, -1)
+        return first(x, detach_weights)
 
 
 def _warn_eager(mode: str, exc: BaseException) -> None:
