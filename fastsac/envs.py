@@ -89,6 +89,10 @@ class RenderedObservation(gym.ObservationWrapper):
     Unless ``full_render``, shadows, reflections and multisampling are turned off before the
     first render: an 84x84 HalfCheetah frame then took 1.3 ms instead of 34 ms with Mesa's
     software renderer here (one run each; ``fastsac bench train`` measures it again).
+
+    The camera: ``make_env`` asks for the model's ``track`` camera, which follows the body.
+    Models without one get MuJoCo's free camera, aimed here from the model's initial pose, so
+    that every instance of a task sees the same view.
     """
 
     def __init__(self, env: gym.Env, full_render: bool = False):
@@ -101,24 +105,51 @@ class RenderedObservation(gym.ObservationWrapper):
             model.mat_reflectance[:] = 0  # no second pass for a reflecting floor
         frame = self._frame(env)
         self.observation_space = spaces.Box(0, 255, frame.shape, np.uint8)
+        self._viewer = getattr(env.unwrapped.mujoco_renderer, "viewer", None)  # the render's
+        self._make_current = getattr(self._viewer, "make_context_current", None)
 
     @staticmethod
     def _frame(env: gym.Env) -> np.ndarray:
-        env.reset()  # a MuJoCo env renders its current state; any state gives the shape
-        return np.ascontiguousarray(env.render().transpose(2, 0, 1))
+        # The first render makes the viewer, and a free camera aims at where the bodies are
+        # then: render the initial pose (qpos0), not a randomly reset one. No reset, so the
+        # env's RNG is left as it was.
+        import mujoco  # the mujoco extra: only MuJoCo tasks get here
+
+        base = env.unwrapped
+        mujoco.mj_forward(base.model, base.data)
+        return np.ascontiguousarray(base.render().transpose(2, 0, 1))
 
     def observation(self, observation) -> np.ndarray:
         t0 = time.perf_counter()
+        # gymnasium's offscreen viewer renders into whichever GL context is current: the one
+        # made last (another env's), or none once another env closed its own, which gave
+        # black frames. So each frame makes this env's context current first.
+        if self._make_current is not None:
+            self._make_current()
         frame = self.env.render()
         self.render_seconds += time.perf_counter() - t0
         return np.ascontiguousarray(frame.transpose(2, 0, 1))
 
+    def close(self) -> None:
+        # gymnasium frees the GL context but leaves MuJoCo's render context to the garbage
+        # collector, which then deletes its GL objects in whichever context is current:
+        # another env's, whose frames went black. Free it here, in its own context.
+        con = getattr(self._viewer, "con", None)
+        if self._make_current is not None and con is not None:
+            self._make_current()
+            con.free()
+        self._viewer = self._make_current = None
+        super().close()
 
-def _print_mujoco_warning(msg: str, _seen: set[str] = set()) -> None:  # noqa: B006
+
+_PRINTED_MUJOCO_WARNINGS: set[str] = set()
+
+
+def _print_mujoco_warning(msg: str) -> None:
     """Each distinct warning once per process: a model's load warning (HalfCheetah's
-    deprecated ``settotalmass`` on recent MuJoCo) would otherwise repeat at every evaluation."""
-    if msg not in _seen:
-        _seen.add(msg)
+    deprecated ``settotalmass`` on recent MuJoCo) would otherwise repeat at every env made."""
+    if msg not in _PRINTED_MUJOCO_WARNINGS:
+        _PRINTED_MUJOCO_WARNINGS.add(msg)
         print(f"MuJoCo warning: {msg}", file=sys.stderr)
 
 
@@ -141,7 +172,14 @@ def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
     if not pixels:
         return gym.make(env_id)
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless; the user's choice wins
-    env = gym.make(env_id, render_mode="rgb_array", width=image_size, height=image_size)
+    # The model's "track" camera follows the body. Without a camera named, gymnasium 1.4
+    # renders a free camera that stays where it started: HalfCheetah left the frame within
+    # 5 m. A model without a "track" camera gets the free camera.
+    kwargs = dict(render_mode="rgb_array", width=image_size, height=image_size)
+    try:
+        env = gym.make(env_id, camera_name="track", **kwargs)
+    except TypeError:  # an env that does not take camera_name
+        env = gym.make(env_id, **kwargs)
     if not hasattr(env.unwrapped, "model"):
         raise ValueError(f"pixels=True renders MuJoCo tasks; {env_id} is not one")
     return RenderedObservation(env, full_render)

@@ -406,10 +406,12 @@ class Trainer:
 
     def close(self) -> None:
         """Close the training envs and the evaluation env (``run`` does this at its end)."""
-        self.envs.close()
-        if self._eval_env is not None:
-            self._eval_env.close()
-            self._eval_env = None
+        eval_env, self._eval_env = self._eval_env, None
+        try:
+            self.envs.close()
+        finally:
+            if eval_env is not None:
+                eval_env.close()
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

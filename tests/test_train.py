@@ -419,7 +419,21 @@ def test_evaluation_keeps_one_env_and_follows_the_seeds_protocol(tmp_path, monke
             total, done = total + float(r), terminated or truncated
         returns.append(total)
     assert first == second == pytest.approx(np.mean(returns), rel=1e-9)
-    closed = []
-    trainer._eval_env.close = lambda: closed.append(True)
     trainer.close()
-    assert closed == [True]
+
+
+def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
+    train_module = sys.modules["fastsac.train"]
+    made, closed = [], []
+    real_make_env = train_module.make_env
+
+    def recording_make_env(*args, **kwargs):
+        env = real_make_env(*args, **kwargs)
+        real_close = env.close
+        env.close = lambda: closed.append(env) or real_close()
+        made.append(env)
+        return env
+    monkeypatch.setattr(train_module, "make_env", recording_make_env)
+    train(quick(tmp_path, num_envs=2, eval_every=200, eval_episodes=1))
+    assert len(made) == 3  # two training envs and one evaluation env, for two evaluations
+    assert all(any(e is c for c in closed) for e in made)
