@@ -467,9 +467,13 @@ def make_trainer(config: TrainConfig | None = None,
     # A run that never reached its first checkpoint starts over, resumed or not.
     fresh = not Checkpoints(run_dir / "checkpoints").exists()
     trainer = Trainer(config, run_dir, fresh=fresh)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    if not fresh:
-        trainer.restore()
+    try:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if not fresh:
+            trainer.restore()
+    except BaseException:
+        trainer.close()
+        raise
     return trainer
 
 
