@@ -131,15 +131,18 @@ def test_cli_mujoco_pixels(tmp_path, monkeypatch):
     pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
     monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
     run = tmp_path / "run"
+    # an evaluation at step 20: its env must leave the training env's frames alone
     assert main(["train", "--env", "HalfCheetah-v5", "--pixels", "--frame-stack", "3",
                  "--total-steps", "40", "--learning-starts", "30", "--batch-size", "4",
-                 "--buffer-size", "1000",
-                 "--hidden", "16", "16", "--feature-dim", "8", "--eval-episodes", "0",
+                 "--buffer-size", "1000", "--hidden", "16", "16", "--feature-dim", "8",
+                 "--eval-every", "20", "--eval-episodes", "1",
                  "--run-dir", str(run), "--no-progress"]) == 0
     buf = ReplayBuffer.load(run / "checkpoints" / "buffer-40.npz")
     assert buf.obs_shape == (3, 84, 84) and buf.stacked_obs_shape == (9, 84, 84)
-    frames = buf.sample(4).obs.numpy()
-    assert frames.dtype == np.uint8 and frames.std() > 0  # real renders, not blank frames
+    frames = np.concatenate([buf.sample(32).next_obs.numpy() for _ in range(10)])
+    assert frames.dtype == np.uint8
+    per_frame_std = frames.reshape(-1, 3, 3 * 84 * 84).std(axis=2)
+    assert per_frame_std.min() > 10  # real renders, none blank
 
 
 @pytest.mark.parametrize("args, name", [
