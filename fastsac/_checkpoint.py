@@ -16,8 +16,7 @@ import torch
 
 from fastsac._io import atomic_write
 from fastsac.buffers import ReplayBuffer
-from fastsac.sac import FORMAT as AGENT_FORMAT
-from fastsac.sac import SAC
+from fastsac.sac import SAC, check_state
 
 _OURS = re.compile(r"(agent-\d+\.pt|trainer-\d+\.json|buffer-\d+\.npz|\.fastsac-.*\.tmp)")
 
@@ -59,8 +58,11 @@ class Checkpoints:
             raise ValueError(f"{self.dir} holds no checkpoint (no latest.json) to resume from")
         files = json.loads(latest.read_text())
         saved = torch.load(self.dir / files["agent"], map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict) or saved.get("agent", {}).get("format") != AGENT_FORMAT:
-            raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint")
+        try:
+            check_state(saved.get("agent") if isinstance(saved, dict) else None)
+        except ValueError as exc:
+            raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint: "
+                             f"{exc}") from None
         state = json.loads((self.dir / files["trainer"]).read_text())
         buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device) \
             if "buffer" in files else None

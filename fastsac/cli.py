@@ -90,25 +90,18 @@ def train_config(args: argparse.Namespace):
     """The TrainConfig the parsed options describe: options typed on the command line, over a
     preset or the run being resumed, over the defaults."""
     import dataclasses
-    import json
-    from pathlib import Path
 
     from fastsac._configargs import split_prefixed
-    from fastsac.train import TrainConfig, with_preset
+    from fastsac.train import TrainConfig, read_run_config, with_preset
 
     typed = {k: v for k, v in vars(args).items()
              if k not in ("command", "func", "preset", "resume")}
     plain, sac = split_prefixed(typed, "sac.")
-    if "hidden" in sac:
-        sac["hidden"] = tuple(sac["hidden"])
     if args.resume:
         if args.preset or "run_dir" in plain:
             raise ValueError("--resume DIR takes the run's own config and directory: drop "
                              f"{'--preset' if args.preset else '--run-dir'}")
-        path = Path(args.resume) / "config.json"
-        if not path.exists():
-            raise ValueError(f"--resume: {args.resume} holds no run (no config.json)")
-        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        saved = read_run_config(args.resume)
         return dataclasses.replace(saved, **plain, sac=dataclasses.replace(saved.sac, **sac))
     if args.preset:
         return with_preset(args.preset, **plain, sac=sac)

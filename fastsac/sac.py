@@ -75,6 +75,7 @@ class SACConfig:
     """CUDA only: capture the whole update in a CUDA graph and replay it (fixed batch shape)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON and argparse give lists
         if self.compile not in ("jit", "torch", "none"):
             raise ValueError(f"compile must be 'jit', 'torch' or 'none', got {self.compile!r}")
         if self.log_std_mode not in ("clamp", "tanh"):
@@ -96,6 +97,14 @@ class SACConfig:
             raise ValueError("n_step and feature_dim must be >= 1")
         if self.num_critics < 1 or not self.hidden or min(self.hidden) < 1:
             raise ValueError("num_critics and every hidden width must be >= 1")
+
+
+def check_state(state) -> None:
+    """Raise ValueError unless ``state`` is a ``SAC.state_dict()`` this fastsac reads."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError("no fastsac.SAC format tag")
+    if state.get("version") != VERSION:
+        raise ValueError(f"format version {state.get('version')}, expected {VERSION}")
 
 
 class SAC:
@@ -165,8 +174,11 @@ class SAC:
     # -- acting ---------------------------------------------------------------------------
     def act(self, obs, deterministic: bool = False) -> np.ndarray:
         """Action(s) in [-1, 1] for one observation (shape ``obs_shape``) or a batch."""
-        if self._numpy_actor is not None and np.ndim(obs) == len(self.obs_shape):
-            return self._act_numpy(obs, deterministic)
+        if self._numpy_actor is not None:
+            if np.ndim(obs) == len(self.obs_shape):
+                return self._act_numpy(obs, deterministic)
+            if np.ndim(obs) == len(self.obs_shape) + 1 and len(obs) == 1:  # one env's batch
+                return self._act_numpy(obs[0], deterministic)[None]
         with torch.inference_mode():  # every op here is per env step: kept to the minimum
             x = torch.as_tensor(obs, device=self.device)
             single = x.dim() == len(self.obs_shape)
@@ -277,13 +289,14 @@ class SAC:
         actor_loss.backward()
         self.actor_optim.step()
 
+        mean_log_prob = log_prob.detach().mean()
         metrics = {"loss/critic": critic_loss.detach(), "loss/actor": actor_loss.detach(),
-                   "alpha": alpha, "entropy": -log_prob.detach().mean(),
+                   "alpha": alpha, "entropy": -mean_log_prob,
                    "q": q.detach().mean()}
         if self.alpha_optim is not None:
             # loss = -log_alpha * mean(log_prob + target_entropy); its gradient is the second
             # factor, set directly (autograd for one scalar cost ~0.15 ms per update here).
-            gap = log_prob.detach().mean() + self.target_entropy
+            gap = mean_log_prob + self.target_entropy
             self.log_alpha.grad = -gap.reshape(self.log_alpha.shape).to(self.log_alpha.dtype)
             metrics["loss/alpha"] = -self.log_alpha.detach() * gap
             self.alpha_optim.step()
@@ -327,13 +340,9 @@ class SAC:
         """Read an agent written by :meth:`save` (``weights_only``: no code is unpickled)."""
         try:
             state = torch.load(path, map_location=device, weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != FORMAT:
-                raise ValueError("no fastsac.SAC format tag")
-            if state.get("version") != VERSION:
-                raise ValueError(f"format version {state.get('version')}, expected {VERSION}")
-            config = dict(state["config"])
-            config["hidden"] = tuple(config["hidden"])
-            agent = cls(state["obs_shape"], state["action_shape"], SACConfig(**config), device)
+            check_state(state)
+            agent = cls(state["obs_shape"], state["action_shape"],
+                        SACConfig(**state["config"]), device)
             agent.load_state_dict(state)
         except FileNotFoundError:
             raise

@@ -105,8 +105,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         sac = dict(d.pop("sac", {}))
-        if "hidden" in sac:
-            sac["hidden"] = tuple(sac["hidden"])
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -264,9 +262,12 @@ class Trainer:
                                           (self.config.num_envs, *self.action_shape))
             action = ((env_action - self.low) / scale - 1).astype(np.float32)
             return np.clip(action, -1, 1), env_action
-        obs = self._policy_obs()
-        action = self.agent.act(obs[0])[None] if len(obs) == 1 else self.agent.act(obs)
-        return action, self.low + (action + 1.0) * scale
+        action = self.agent.act(self._policy_obs())
+        return action, self._to_env(action)
+
+    def _to_env(self, action: np.ndarray) -> np.ndarray:
+        """An action in [-1, 1] rescaled to the env's bounds."""
+        return self.low + (action + 1.0) * self.half_range
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -395,8 +396,7 @@ class Trainer:
             while not done:
                 obs = stack.obs[0] if stack else np.asarray(frame, self.obs_dtype)
                 a = self.agent.act(obs, deterministic=True)
-                frame, r, terminated, truncated, _ = env.step(
-                    self.low + (a + 1.0) * self.half_range)
+                frame, r, terminated, truncated, _ = env.step(self._to_env(a))
                 if stack:
                     stack.push(frame[None])
                 total += float(r)
@@ -455,17 +455,15 @@ def make_trainer(config: TrainConfig | None = None,
     """The Trainer ``train`` runs, with every check done; see ``train``."""
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").exists():
-            raise ValueError(f"resume: {run_dir} holds no run (no config.json)")
-        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        saved = read_run_config(run_dir)
         config = resumed_config(saved, config or saved)
     else:
         config = config or TrainConfig()
         run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
-        if Checkpoints(run_dir / "checkpoints").exists():
-            raise ValueError(f"run_dir {run_dir} already holds a run: resume it, or pick another")
     # A run that never reached its first checkpoint starts over, resumed or not.
     fresh = not Checkpoints(run_dir / "checkpoints").exists()
+    if resume is None and not fresh:
+        raise ValueError(f"run_dir {run_dir} already holds a run: resume it, or pick another")
     trainer = Trainer(config, run_dir, fresh=fresh)
     try:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -475,6 +473,14 @@ def make_trainer(config: TrainConfig | None = None,
         trainer.close()
         raise
     return trainer
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The config a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"resume: {run_dir} holds no run (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
 
 
 def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None
@@ -497,5 +503,4 @@ def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
                 and getattr(given, f.name) != getattr(saved, f.name):
             raise ValueError(f"resume: {f.name} was {getattr(saved, f.name)!r} in the run, "
                              f"got {getattr(given, f.name)!r}; only {RESUME_MAY_CHANGE} may change")
-    return dataclasses.replace(saved, total_steps=given.total_steps, progress=given.progress,
-                               run_dir=saved.run_dir)
+    return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUME_MAY_CHANGE})
