@@ -52,7 +52,8 @@ def run(quick: bool = False) -> list[dict]:
                 lower_is_better=False, target=1.5 * ups["seed"], target_text=">= 1.5x seed",
                 fastsac_iqr=spread([1 / x for x in t["fastsac"]]),
                 note=f"TorchScript networks; compile='none' (eager): {ups['eager']:.0f}/s. "
-                     f"At 0.66 GFLOP per update that is {ups['fastsac'] * 0.66:.0f} GFLOP/s")]
+                     f"At {FLOP_PER_UPDATE / 1e9:.2f} GFLOP per update that is "
+                     f"{ups['fastsac'] * FLOP_PER_UPDATE / 1e9:.0f} GFLOP/s")]
 
     log("update: timing act() on one observation")
     obs = np.random.default_rng(1).standard_normal(OBS).astype(np.float32)

@@ -202,8 +202,7 @@ class Trainer:
         """Buffer, agent and counters for the envs' spaces."""
         obs_space = self.envs.single_observation_space
         act_space = self.envs.single_action_space
-        if not isinstance(act_space, gym.spaces.Box) or not np.all(np.isfinite(act_space.low)) \
-                or not np.all(np.isfinite(act_space.high)):
+        if not isinstance(act_space, gym.spaces.Box) or not act_space.is_bounded():
             raise ValueError(f"{c.env}: SAC needs a bounded Box action space, got {act_space}")
         self.low = act_space.low.astype(np.float64)
         self.high = act_space.high.astype(np.float64)
