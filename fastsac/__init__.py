@@ -12,7 +12,8 @@ except ImportError as exc:  # a source checkout without a build, or a broken ins
 
 from fastsac import envs  # noqa: F401  (registers fastsac/PointMass-v0 with gymnasium)
 from fastsac._process import tune_process
-from fastsac.buffers import Batch, ReplayBuffer
+from fastsac.batch import Batch
+from fastsac.buffers import ReplayBuffer
 from fastsac.sac import SAC, SACConfig
 
 # `fastsac.train` is the function below; the module is `sys.modules["fastsac.train"]`

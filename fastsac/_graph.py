@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastsac.buffers import Batch
+from fastsac.batch import Batch
 
 
 class GraphedUpdate:

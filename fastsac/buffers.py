@@ -12,7 +12,6 @@ import math
 import numbers
 import os
 import threading
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,23 +26,9 @@ from fastsac._validate import (
     shape,
     torch_dtype,
 )
+from fastsac.batch import Batch
 
 STORAGES = ("episode", "transition")
-
-
-class Batch(NamedTuple):
-    """A sampled batch; every field is a torch tensor with a leading batch axis.
-
-    ``obs``/``next_obs`` keep the stored dtype (uint8 images stay uint8) with frames stacked
-    along axis 0; ``reward`` is the n-step discounted sum; ``discount`` is ``gamma**m`` for a
-    window of ``m`` steps, or 0 if the window ended in a termination.
-    """
-
-    obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    next_obs: torch.Tensor
-    discount: torch.Tensor
 
 
 class _Staging:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastsac._graph import GraphedUpdate
 from fastsac._io import atomic_write
 from fastsac._optim import FusedAdam
-from fastsac.buffers import Batch
+from fastsac.batch import Batch
 from fastsac.networks import (
     Actor,
     CriticEnsemble,
