@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastsac import bench_buffer as bench
+from fastsac.bench import buffer as bench
 
 SIZES = bench.Sizes(vector_capacity=100_100, image_capacity=10_010, seed_image_capacity=2_000,
                     frame_pool=512, memcpy_bytes=0, vector_blocks=0, image_blocks=0)

@@ -14,10 +14,9 @@ from fastsac import envs  # noqa: F401  (registers fastsac/PointMass-v0 with gym
 from fastsac._process import tune_process
 from fastsac.batch import Batch
 from fastsac.buffers import ReplayBuffer
-from fastsac.sac import SAC, SACConfig
-
-# `fastsac.train` is the function below; the module is `sys.modules["fastsac.train"]`
-from fastsac.train import TrainConfig, TrainResult, train
+from fastsac.config import SACConfig, TrainConfig
+from fastsac.sac import SAC
+from fastsac.trainer import TrainResult, train
 
 __all__ = ["SAC", "Batch", "ReplayBuffer", "SACConfig", "TrainConfig", "TrainResult",
            "__version__", "train", "tune_process"]

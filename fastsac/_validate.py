@@ -103,3 +103,9 @@ def as_flags(name: str, value, num_envs: int) -> np.ndarray:
     if a.dtype.kind in "iu" and ((a == 0) | (a == 1)).all():
         return np.ascontiguousarray(a, dtype=np.uint8)
     raise TypeError(f"{name} must be bool (or 0/1), got dtype {a.dtype}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """``value`` must be one of ``choices`` (an option given as a string)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

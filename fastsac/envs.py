@@ -1,4 +1,5 @@
-"""Environments: a tiny pixel task drawn with numpy, and MuJoCo tasks rendered to pixels.
+"""Environments: a tiny pixel task drawn with numpy, MuJoCo tasks rendered to pixels, the
+frame stack the policy sees, and each episode's reset seed.
 
 ``import fastsac`` registers ``fastsac/PointMass-v0`` with gymnasium.
 """
@@ -66,6 +67,27 @@ class PointMassEnv(gym.Env):
         return self._draw().transpose(1, 2, 0)  # HWC, as gymnasium renders
 
 
+def episode_seed(seed: int, env_index: int, episode: int) -> int:
+    """The reset seed of an env's episode: a function of (seed, env, episode) only."""
+    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
+
+
+class FrameStack:
+    """What the learner sees of each env: its last k frames along axis 0, the first frame
+    repeated at an episode's start, exactly as the replay buffer stacks them."""
+
+    def __init__(self, num_envs: int, frame_shape: tuple[int, ...], k: int, dtype):
+        self.k, self.c = k, frame_shape[0]
+        self.obs = np.zeros((num_envs, k * self.c, *frame_shape[1:]), dtype)
+
+    def reset(self, i: int, frame: np.ndarray) -> None:
+        self.obs[i] = np.concatenate([frame] * self.k, axis=0)
+
+    def push(self, frames: np.ndarray) -> None:
+        self.obs[:, :-self.c] = self.obs[:, self.c:]
+        self.obs[:, -self.c:] = frames
+
+
 def random_policy_return(env_id: str, seed: int, episodes: int = 10) -> float:
     """Mean return of uniformly random actions under the evaluation protocol (episode i
     reset with seed + 100 + i): the baseline a learned policy must beat."""
@@ -87,8 +109,8 @@ class RenderedObservation(gym.ObservationWrapper):
     """A MuJoCo task observed through its ``rgb_array`` render, as uint8 (3, H, W).
 
     Unless ``full_render``, shadows, reflections and multisampling are turned off before the
-    first render: an 84x84 HalfCheetah frame then took 1.3 ms instead of 34 ms with Mesa's
-    software renderer here (one run each; ``fastsac bench train`` measures it again).
+    first render: with a software renderer (Mesa) they take most of a frame's time
+    (``fastsac bench train`` measures both).
 
     The camera: ``make_env`` asks for the model's ``track`` camera, which follows the body.
     Models without one get MuJoCo's free camera, aimed here from the model's initial pose, so

@@ -1,7 +1,8 @@
-"""SAC's networks: a pixel encoder, the squashed-Gaussian actor and the twin-Q critic ensemble.
+"""SAC's networks: the encoders, the squashed-Gaussian actor and the twin-Q critic ensemble.
 
 Every module here is written so that ``torch.jit.script`` compiles it (no
 ``torch.distributions``, no Python-side loops over parameters), and is equally valid eager.
+:class:`NumpyActor` is the actor's acting path in numpy, for one observation on the CPU.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fastsac._validate import check_choice
+from fastsac.config import COMPILE_MODES
 
 
 def mlp(sizes: list[int], out: int) -> nn.Sequential:
@@ -42,17 +47,17 @@ class Encoder(nn.Module):
         self.out_dim = feature_dim
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        # channels-last (NHWC) activations: oneDNN's convolutions ran forward + backward 2x
-        # faster in it on this CPU (256 x 9x84x84 batch, same run); weights follow in SAC.
-        # One copy (cast and layout together), then in place: each full-batch pass here costs
-        # as much as a gather.
+        # Channels-last (NHWC) activations, which oneDNN's CPU convolutions run faster
+        # (BENCHMARKS.md, encoder row); SAC lays the weights out the same way. One copy (cast
+        # and layout together), then in place: each pass over a full batch here costs about as
+        # much as gathering it.
         x = obs.to(dtype=torch.float32, memory_format=torch.channels_last, copy=True)
         x = x.div_(255.0).sub_(0.5)
         return self.head(self.convs(x).flatten(1))
 
 
-class Identity(nn.Module):
-    """The encoder of vector observations: casts to float32 and flattens."""
+class Flatten(nn.Module):
+    """The encoder of vector observations: float32, one row per observation."""
 
     def __init__(self, obs_shape: tuple[int, ...]):
         super().__init__()
@@ -75,55 +80,91 @@ def random_shift(obs: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return padded.flatten(2).gather(2, index).view(n, c, h, w)
 
 
-class Actor(nn.Module):
-    """Squashed Gaussian policy: features -> MLP -> (mean, log_std); a = tanh(mean + std*eps).
+class LogStd(nn.Module):
+    """The policy's log-std from its trunk's raw output: clamped to [low, high], or squashed by
+    tanh (std in [1/e, e]). ``numpy`` is the same function for :class:`NumpyActor`."""
 
-    ``log_std_mode``: "clamp" bounds log_std to [log_std_min, log_std_max]; "tanh" is the
-    seed's ``tanh(layer(x))`` (std in [e^-1, e]).
-    """
+    def __init__(self, tanh: bool = False, low: float = -5.0, high: float = 2.0):
+        super().__init__()
+        self.tanh, self.low, self.high = tanh, low, high
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.tanh:
+            return torch.tanh(raw)
+        return raw.clamp(self.low, self.high)
+
+    @torch.jit.ignore
+    def numpy(self, raw: np.ndarray) -> np.ndarray:
+        if self.tanh:
+            return np.tanh(raw)
+        return np.minimum(np.maximum(raw, self.low), self.high)  # np.clip's overhead is larger
+
+
+class Actor(nn.Module):
+    """Squashed Gaussian policy: features -> MLP -> (mean, log_std); a = tanh(mean + std*eps)."""
 
     def __init__(self, in_dim: int, action_dim: int, hidden: list[int],
-                 log_std_mode: str = "clamp", log_std_min: float = -5.0,
-                 log_std_max: float = 2.0):
+                 log_std: LogStd | None = None):
         super().__init__()
-        if log_std_mode not in ("clamp", "tanh"):
-            raise ValueError(f"log_std_mode must be 'clamp' or 'tanh', got {log_std_mode!r}")
         self.trunk = mlp([in_dim, *hidden], 2 * action_dim)
+        self.log_std = log_std if log_std is not None else LogStd()
         self.action_dim = action_dim
-        self.tanh_log_std = log_std_mode == "tanh"
-        self.log_std_min = log_std_min
-        self.log_std_max = log_std_max
 
     @torch.jit.export
     def act(self, features: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """The action only: no log-prob, for acting in the env (about half the ops)."""
-        mean, log_std = self.trunk(features).chunk(2, dim=-1)
+        mean, raw = self.trunk(features).chunk(2, dim=-1)
         if deterministic:
             return torch.tanh(mean)
-        if self.tanh_log_std:
-            log_std = torch.tanh(log_std)
-        else:
-            log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+        return torch.tanh(mean + self.log_std(raw).exp() * torch.randn_like(mean))
 
     def forward(self, features: torch.Tensor,
                 deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (action in [-1, 1], log pi(action | features) of shape (B,))."""
-        mean, log_std = self.trunk(features).chunk(2, dim=-1)
-        if self.tanh_log_std:
-            log_std = torch.tanh(log_std)
-        else:
-            log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        mean, raw = self.trunk(features).chunk(2, dim=-1)
+        log_std = self.log_std(raw)
         eps = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
         z = torch.addcmul(mean, log_std.exp(), eps)
         # log N(z; mean, std) - log|d tanh(z)/dz|, with log(1 - tanh(z)^2) written stably as
-        # 2 * (log 2 - z - softplus(-2z)).
-        # The constants are summed once per row (each element-wise op here costs ~10 us on
-        # the CPU at batch 256): per dimension 0.5 log(2 pi) + 2 log 2, written as a literal
-        # because TorchScript cannot read module globals.
+        # 2 * (log 2 - z - softplus(-2z)). The constants are summed once per row rather than
+        # per element: per dimension 0.5 log(2 pi) + 2 log 2, a literal because TorchScript
+        # cannot read module globals.
         per_dim = 2.0 * (z + F.softplus(-2.0 * z)) - log_std - 0.5 * eps * eps
         log_prob = per_dim.sum(-1) - 2.3052328943245633 * self.action_dim
         return torch.tanh(z), log_prob
+
+
+class NumpyActor:
+    """``Actor.act`` on one vector observation, in numpy on the CPU: at batch 1 a torch call
+    per layer costs more than the layer's arithmetic (BENCHMARKS.md, act() latency).
+
+    It multiplies by (W^T, b) views of the actor's parameters, so optimiser steps and
+    ``load_state_dict`` (which copy into the parameters) stay visible; build a new one for a
+    new actor. The noise comes from torch's RNG, as in the update.
+    """
+
+    def __init__(self, actor: Actor):
+        self.layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy())
+                       for m in actor.trunk if isinstance(m, nn.Linear)]
+        self.log_std = actor.log_std
+        self.action_dim = actor.action_dim
+        self._noise = torch.empty(actor.action_dim)
+        self._noise_np = self._noise.numpy()  # a view: normal_() fills both
+
+    def __call__(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """The action, flat, in [-1, 1]."""
+        x = np.asarray(obs, dtype=np.float32).reshape(-1)
+        last = len(self.layers) - 1
+        for i, (w, b) in enumerate(self.layers):
+            x = x @ w + b
+            if i < last:
+                np.maximum(x, 0.0, out=x)
+        a = self.action_dim
+        mean = x[:a]
+        if not deterministic:
+            self._noise.normal_()
+            mean = mean + np.exp(self.log_std.numpy(x[a:])) * self._noise_np
+        return np.tanh(mean)
 
 
 class StackedLinear(nn.Module):
@@ -142,9 +183,9 @@ class StackedLinear(nn.Module):
         if detach_weights:
             w, b = w.detach(), b.detach()
         if self.out_dim == 1:
-            # A Q-value head. MKL's batched matmul with one output column (and its weight
-            # gradient) ran ~4x slower than this multiply and row sum here (n=2, 256x256: 86
-            # vs 25 us forward, 110 vs 22 us weight gradient): updates 1.05-1.06x faster.
+            # A Q-value head: MKL's batched matmul with one output column, and its weight
+            # gradient, run several times slower than this multiply and row sum
+            # (BENCHMARKS.md, the Q head).
             return (x * w.transpose(1, 2)).sum(-1, keepdim=True) + b
         return torch.baddbmm(b, x, w)
 
@@ -216,16 +257,15 @@ class _CompiledOrEager:
 def compile_module(module: nn.Module, mode: str):
     """``mode``: "jit" (TorchScript), "torch" (torch.compile) or "none". If compiling fails on
     this torch (for torch.compile: at a call, where it compiles), warn once and run eagerly."""
+    check_choice("compile", mode, COMPILE_MODES)
     if mode == "none":
         return module
     try:
         if mode == "jit":
             return torch.jit.script(module)
-        if mode == "torch":
-            return _CompiledOrEager(module, torch.compile(module))
+        return _CompiledOrEager(module, torch.compile(module))
     except Warning:
         raise  # a warning turned into an error by the caller's filters is theirs to see
     except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eager
         _warn_eager(mode, exc)
         return module
-    raise ValueError(f"compile must be 'jit', 'torch' or 'none', got {mode!r}")

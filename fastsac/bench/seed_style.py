@@ -1,20 +1,23 @@
-"""The seed's replay buffer, re-implemented as the baseline for ``fastsac bench``.
+"""The seed-style baseline of ``fastsac bench``: the replay buffer and SAC learner of the
+tutorial fastsac grew from (a SAC implementation chapter), re-implemented as they are, defects
+included, so that every speed and memory number of fastsac is a ratio against them measured in
+the same run.
 
-This is the buffer of the seed tutorial (``seed/000_d3a1e1ed7310a303.txt``, section 19.2),
-kept as it is, defects included, so that every speed and memory number of fastsac is a ratio
-against it measured in the same run:
+:class:`SeedStyleBuffer`:
 
 - five arrays ``s, a, r, s_prime, done`` in a ring (``ptr``, ``size``); ``s``/``s_prime``
-  float32 (the seed's code), ``a``/``r`` float32, ``done`` uint8;
+  float32 (the tutorial's code), ``a``/``r`` float32, ``done`` uint8;
 - ``store()`` writes one transition per call;
 - ``sample()`` draws indices with ``np.random.randint`` (the global numpy RNG) and builds five
   new ``torch.FloatTensor`` per batch from fancy-indexed copies, so images come out as float32
-  whatever they are stored as (the seed's learner feeds them to float networks).
+  whatever they are stored as (the tutorial's learner feeds them to float networks).
 
-The only addition is ``obs_dtype`` (default float32, the seed's choice), so that the uint8
-layout the tutorial recommends in prose can be measured too. For images the seed stores
+The only addition is ``obs_dtype`` (default float32, the tutorial's choice), so that the uint8
+layout the tutorial recommends in prose can be measured too. For images the tutorial stores
 observations already frame-stacked (84 x 84 x 9 per ``s`` and per ``s_prime``), so
 ``state_dim`` is the stacked shape.
+
+:class:`SeedStyleSAC`: the tutorial's learner (see its docstring).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from torch import nn
 from torch.distributions import Normal
 
 
-class ReplayBuffer:
-    """Ring buffer of transitions ``(s, a, r, s_prime, done)``, as in the seed."""
+class SeedStyleBuffer:
+    """Ring buffer of transitions ``(s, a, r, s_prime, done)``, as in the tutorial."""
 
     def __init__(self, state_dim, action_dim, max_size, obs_dtype=np.float32):
         if np.isscalar(state_dim):
@@ -85,12 +88,8 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.max_size)
 
 
-# The name used by fastsac.bench and the pytest benchmarks.
-SeedReplayBuffer = ReplayBuffer
-
-
-# -- the seed's learner (section 19.3), kept as it is, for `fastsac bench update` --------------
-class _SeedQ(nn.Module):
+# -- the learner --------------------------------------------------------------------------
+class _SeedStyleQ(nn.Module):
     def __init__(self, state_dim, action_dim, hidden_dims=(256, 256)):
         super().__init__()
         self.input_layer = nn.Linear(state_dim + action_dim, hidden_dims[0])
@@ -105,17 +104,17 @@ class _SeedQ(nn.Module):
         return self.output_layer(x)
 
 
-class _SeedDoubleQ(nn.Module):
+class _SeedStyleDoubleQ(nn.Module):
     def __init__(self, state_dim, action_dim, hidden_dims):
         super().__init__()
-        self.q1 = _SeedQ(state_dim, action_dim, hidden_dims)
-        self.q2 = _SeedQ(state_dim, action_dim, hidden_dims)
+        self.q1 = _SeedStyleQ(state_dim, action_dim, hidden_dims)
+        self.q2 = _SeedStyleQ(state_dim, action_dim, hidden_dims)
 
     def forward(self, s, a):
         return self.q1(s, a), self.q2(s, a)
 
 
-class _SeedPolicy(nn.Module):
+class _SeedStylePolicy(nn.Module):
     def __init__(self, state_dim, action_dim, hidden_dims):
         super().__init__()
         self.input_layer = nn.Linear(state_dim, hidden_dims[0])
@@ -131,17 +130,17 @@ class _SeedPolicy(nn.Module):
         return self.mu_layer(x), torch.tanh(self.log_std_layer(x)).exp()
 
 
-class SeedSAC:
-    """The seed's SAC learner: two separate Q modules, ``torch.distributions.Normal``,
+class SeedStyleSAC:
+    """The tutorial's SAC learner: two separate Q modules, ``torch.distributions.Normal``,
     ``log(1 - a^2 + 1e-7)``, Adam lr 1e-4, fixed alpha 0.2, ``.item()`` of both losses every
-    update and a Python-loop Polyak average. ``learn`` takes the seed buffer's batch."""
+    update and a Python-loop Polyak average. ``learn`` takes a :class:`SeedStyleBuffer` batch."""
 
     def __init__(self, state_dim, action_dim, hidden_dims=(256, 256), policy_lr=1e-4,
                  critic_lr=1e-4, gamma=0.99, tau=0.005, alpha=0.2):
         self.gamma, self.tau, self.alpha = gamma, tau, alpha
-        self.policy = _SeedPolicy(state_dim, action_dim, hidden_dims)
-        self.critic = _SeedDoubleQ(state_dim, action_dim, hidden_dims)
-        self.target_critic = _SeedDoubleQ(state_dim, action_dim, hidden_dims)
+        self.policy = _SeedStylePolicy(state_dim, action_dim, hidden_dims)
+        self.critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims)
+        self.target_critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=policy_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)

@@ -1,8 +1,6 @@
-"""Replay-buffer benchmarks (``fastsac bench buffer``): fastsac next to the seed-style
-baseline, measured in one run (timing and table plumbing: :mod:`fastsac._benchutil`).
-
-The baseline is :mod:`fastsac.seed_baseline` (a faithful copy of the seed's buffer, defects
-included); it ships with the package so that ``fastsac bench`` runs after ``pip install``.
+"""``fastsac bench buffer``: the replay buffer next to :class:`SeedStyleBuffer`, measured in
+one run: sample latency (vector and image), gather bandwidth against plain copies, bytes per
+stored step, fill rate.
 """
 
 from __future__ import annotations
@@ -15,9 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fastsac._benchutil import cpus, interleaved, log, median, row, spread
+from fastsac.bench._util import cpus, interleaved, log, median, row, spread
+from fastsac.bench.seed_style import SeedStyleBuffer
 from fastsac.buffers import ReplayBuffer
-from fastsac.seed_baseline import SeedReplayBuffer
 
 BATCH = 256
 EP_LEN = 1000  # steps per episode; the last step is truncated (a time limit)
@@ -32,9 +30,9 @@ class Sizes:
     """How big and how long: ``FULL`` is the documented benchmark, ``QUICK`` a smoke test."""
 
     vector_capacity: int
-    """fastsac and seed-style vector buffers (the seed's 1,000,000)."""
+    """fastsac and seed-style vector buffers (the tutorial's 1,000,000)."""
     image_capacity: int
-    """fastsac image buffer, in steps (the seed's 100,000)."""
+    """fastsac image buffer, in steps (the tutorial's 100,000)."""
     seed_image_capacity: int
     """Seed-style image buffers: its float32 layout cannot hold 100,000 stacks in RAM."""
     frame_pool: int
@@ -55,13 +53,14 @@ QUICK = Sizes(vector_capacity=3_003, image_capacity=2_002, seed_image_capacity=3
 # -- filling -------------------------------------------------------------------------------
 def fill(fast: ReplayBuffer, fast_steps: int, seeds: dict[str, object], seed_steps: int,
          episode: Callable[[int, bool], tuple]) -> dict[str, list[float]]:
-    """Add episodes of ``EP_LEN`` steps to ``fast`` and store the same steps in every seed
-    buffer, alternating episode by episode; returns seconds per step of each timed block.
+    """Add episodes of ``EP_LEN`` steps to ``fast`` and store the same steps in every
+    seed-style buffer, alternating episode by episode; returns seconds per step of each timed
+    block.
 
     ``episode(e, for_seed)`` gives ``(obs, seed_obs, action, reward)``: ``obs`` holds the
     episode's ``EP_LEN + 1`` observations as fastsac takes them, ``seed_obs`` the same as the
-    seed stores them (stacked for images; ``None`` unless ``for_seed``). Preparing them is not
-    timed: only ``add`` / ``store`` calls are.
+    seed-style buffers store them (stacked for images; ``None`` unless ``for_seed``).
+    Preparing them is not timed: only ``add`` / ``store`` calls are.
     """
     times: dict[str, list[float]] = {"fastsac": [], **{k: [] for k in seeds}}
     done_fast = done_seed = e = 0
@@ -97,11 +96,10 @@ class VectorSetup:
     """Full 1M x 17 buffers (fastsac, episode storage; seed-style float32)."""
 
     def __init__(self, sizes: Sizes, seed: int = 0) -> None:
-        Seed = SeedReplayBuffer
         self.sizes = sizes
         rng = np.random.default_rng(seed)
         self.fast = ReplayBuffer(sizes.vector_capacity, VEC_OBS, ACTION, seed=seed)
-        self.seed = Seed(VEC_OBS, ACTION, sizes.vector_capacity)
+        self.seed = SeedStyleBuffer(VEC_OBS, ACTION, sizes.vector_capacity)
 
         def episode(e: int, for_seed: bool) -> tuple:
             obs = rng.standard_normal((EP_LEN + 1, VEC_OBS), dtype=np.float32)
@@ -124,7 +122,7 @@ def vector_sample_row(v: VectorSetup) -> dict:
                median(t["fastsac"]) * us, median(t["seed"]) * us, lower_is_better=True,
                target=10.0, fastsac_iqr=spread(t["fastsac"], us), seed_iqr=spread(t["seed"], us),
                note=f"per sample() call, median of {len(t['fastsac'])} blocks of 100 calls; "
-                    "fastsac returns views of reused staging, the seed builds 5 new tensors")
+                    "fastsac returns views of reused staging, seed-style builds 5 new tensors")
 
 
 def vector_fill_row(v: VectorSetup) -> dict:
@@ -138,7 +136,7 @@ def vector_memory_row(v: VectorSetup) -> dict:
     return row("memory per vector step", "B", v.fast.nbytes / len(v.fast),
                v.seed.nbytes / v.seed.max_size, lower_is_better=True,
                note="nbytes / steps held (fastsac, full) vs the five arrays' nbytes / capacity "
-                    "(seed); informational")
+                    "(seed-style); informational")
 
 
 # -- images --------------------------------------------------------------------------------
@@ -147,14 +145,13 @@ class ImageSetup:
     9x84x84 float32 (its code) and uint8 (its advice) at a capacity that fits in RAM."""
 
     def __init__(self, sizes: Sizes, seed: int = 0) -> None:
-        Seed = SeedReplayBuffer
         self.sizes = sizes
         rng = np.random.default_rng(seed)
         stacked = (STACK * FRAME[0], *FRAME[1:])
         self.fast = ReplayBuffer(sizes.image_capacity, FRAME, ACTION, obs_dtype=np.uint8,
                                  frame_stack=STACK, storage="episode", seed=seed)
-        self.seed = Seed(stacked, ACTION, sizes.seed_image_capacity)  # float32, as in the seed
-        self.seed_u8 = Seed(stacked, ACTION, sizes.seed_image_capacity, obs_dtype=np.uint8)
+        self.seed = SeedStyleBuffer(stacked, ACTION, sizes.seed_image_capacity)  # float32, as in the tutorial
+        self.seed_u8 = SeedStyleBuffer(stacked, ACTION, sizes.seed_image_capacity, obs_dtype=np.uint8)
         pool = rng.integers(0, 256, (sizes.frame_pool, *FRAME), dtype=np.uint8)
         back = np.arange(-(STACK - 1), 1)  # frame offsets of a stack, oldest first
 
@@ -162,7 +159,7 @@ class ImageSetup:
             idx = (int(rng.integers(sizes.frame_pool)) + np.arange(EP_LEN + 1)) % sizes.frame_pool
             obs = pool[idx]
             sobs = None
-            if for_seed:  # the seed's env wrapper stacks frames, repeating the first one
+            if for_seed:  # the tutorial's env wrapper stacks frames, repeating the first one
                 t = np.maximum(np.arange(EP_LEN + 1)[:, None] + back, 0)
                 sobs = pool[idx[t]].reshape(EP_LEN + 1, *stacked)
             act = rng.uniform(-1, 1, (EP_LEN, ACTION)).astype(np.float32)
@@ -320,7 +317,7 @@ def image_fill_row(img: ImageSetup) -> dict:
     return row("image fill (add / store)", "steps/s", 1 / median(f), 1 / median(s),
                lower_is_better=False,
                note=f"seed-style float32 (uint8 layout: {1 / median(u):,.0f} steps/s); stacking "
-                    "the seed's frames is not timed; first fill of fresh memory (informational)")
+                    "the seed-style frames is not timed; first fill of fresh memory (informational)")
 
 
 # -- the whole suite -----------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Learner benchmarks (``fastsac bench update``): fastsac's SAC update and ``act`` next to the
-seed-style eager learner, HalfCheetah shapes (obs 17, action 6), hidden (256, 256), batch 256.
+"""``fastsac bench update``: fastsac's SAC update and ``act`` next to :class:`SeedStyleSAC`, at
+HalfCheetah shapes (obs 17, action 6), hidden (256, 256), batch 256.
 """
 
 from __future__ import annotations
@@ -9,19 +9,20 @@ import warnings
 import numpy as np
 import torch
 
-from fastsac._benchutil import interleaved, log, median, row, spread
+from fastsac.bench._util import interleaved, log, median, row, spread
+from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.buffers import ReplayBuffer
-from fastsac.sac import SAC, SACConfig
-from fastsac.seed_baseline import SeedReplayBuffer, SeedSAC
+from fastsac.config import SACConfig
+from fastsac.sac import SAC
 
 OBS, ACT, BATCH, CAPACITY = 17, 6, 256, 100_000
-FLOP_PER_UPDATE = 0.66e9  # the 256x256 MLP update, as counted in DESIGN.md
+FLOP_PER_UPDATE = 0.66e9  # forward and backward passes of one update at these sizes
 
 
-def _buffers(steps: int, seed: int = 0) -> tuple[ReplayBuffer, SeedReplayBuffer]:
+def _buffers(steps: int, seed: int = 0) -> tuple[ReplayBuffer, SeedStyleBuffer]:
     rng = np.random.default_rng(seed)
     fast = ReplayBuffer(CAPACITY, (OBS,), (ACT,), seed=seed)
-    slow = SeedReplayBuffer(OBS, ACT, CAPACITY)
+    slow = SeedStyleBuffer(OBS, ACT, CAPACITY)
     obs = rng.standard_normal((steps + 1, OBS)).astype(np.float32)
     act = rng.uniform(-1, 1, (steps, ACT)).astype(np.float32)
     rew = rng.standard_normal(steps).astype(np.float32)
@@ -40,7 +41,7 @@ def run(quick: bool = False) -> list[dict]:
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         agent = SAC((OBS,), (ACT,), SACConfig(compile="jit"))
         eager = SAC((OBS,), (ACT,), SACConfig(compile="none"))
-    seed = SeedSAC(OBS, ACT)
+    seed = SeedStyleSAC(OBS, ACT)
 
     log("update: timing one update (sample + update)")
     t = interleaved({"fastsac": lambda: agent.update(fast_buf.sample(BATCH)),

@@ -1,21 +1,22 @@
-"""fastsac train: the loop, its outputs, resume, autoreset, frame stacks and learning."""
+"""fastsac train (fastsac.trainer, fastsac.config and the command): the loop, its outputs,
+resume, autoreset, frame stacks and learning."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
+import fastsac.trainer as trainer_module
 from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
 from fastsac.cli import main
-from fastsac.envs import random_policy_return
-from fastsac.train import FrameStack, with_preset
+from fastsac.config import with_preset
+from fastsac.envs import FrameStack, random_policy_return
 
 TINY = SACConfig(hidden=(16, 16))
 
@@ -400,13 +401,12 @@ def test_cli_resume_accepts_repeated_options_and_refuses_changed_ones(tmp_path, 
 
 
 def test_evaluation_keeps_one_env_and_follows_the_seeds_protocol(tmp_path, monkeypatch):
-    train_module = sys.modules["fastsac.train"]  # (fastsac.train is the function)
     built = []
-    real_make_env = train_module.make_env
-    monkeypatch.setattr(train_module, "make_env",
+    real_make_env = trainer_module.make_env
+    monkeypatch.setattr(trainer_module, "make_env",
                         lambda *a, **k: built.append(a) or real_make_env(*a, **k))
     cfg = quick(tmp_path, eval_episodes=3, seed=7)
-    trainer = train_module.Trainer(cfg, tmp_path / "run")
+    trainer = trainer_module.Trainer(cfg, tmp_path / "run")
     n_train_envs = len(built)
     first, second = trainer.evaluate(), trainer.evaluate()
     assert len(built) == n_train_envs + 1  # one evaluation env, kept between evaluations
@@ -426,9 +426,8 @@ def test_evaluation_keeps_one_env_and_follows_the_seeds_protocol(tmp_path, monke
 
 
 def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
-    train_module = sys.modules["fastsac.train"]
     made, closed = [], []
-    real_make_env = train_module.make_env
+    real_make_env = trainer_module.make_env
 
     def recording_make_env(*args, **kwargs):
         env = real_make_env(*args, **kwargs)
@@ -436,7 +435,7 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
         env.close = lambda: closed.append(env) or real_close()
         made.append(env)
         return env
-    monkeypatch.setattr(train_module, "make_env", recording_make_env)
+    monkeypatch.setattr(trainer_module, "make_env", recording_make_env)
     train(quick(tmp_path, num_envs=2, eval_every=200, eval_episodes=1))
     assert len(made) == 3  # two training envs and one evaluation env, for two evaluations
     assert all(any(e is c for c in closed) for e in made)

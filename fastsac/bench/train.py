@@ -1,4 +1,4 @@
-"""End-to-end training benchmarks (``fastsac bench train``), on HalfCheetah-v5 (MuJoCo).
+"""``fastsac bench train``: end-to-end training on HalfCheetah-v5 (MuJoCo).
 
 - Vector: one env, hidden (256, 256), batch 256, one update per env step, after learning
   starts. fastsac's own training loop (``Trainer.env_step`` + ``Trainer.learn``, what
@@ -19,14 +19,14 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-from fastsac._benchutil import interleaved, log, median, row
-from fastsac.sac import SACConfig
-from fastsac.seed_baseline import ReplayBuffer as SeedReplayBuffer
-from fastsac.seed_baseline import SeedSAC
-from fastsac.train import TrainConfig, Trainer
+from fastsac.bench._util import interleaved, log, median, row
+from fastsac.config import SACConfig
+from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
+from fastsac.config import TrainConfig
+from fastsac.trainer import Trainer
 
 ENV = "HalfCheetah-v5"
-SEED_1M_SECONDS = 1 * 3600 + 53 * 60 + 40  # the seed's 1M-step run: 1:53:40 (146.6 steps/s)
+SEED_1M_SECONDS = 1 * 3600 + 53 * 60 + 40  # the tutorial's reported 1M-step run: 1:53:40
 
 
 def _trainer(run_dir: Path, **kw) -> Trainer:
@@ -35,19 +35,19 @@ def _trainer(run_dir: Path, **kw) -> Trainer:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         trainer = Trainer(cfg, run_dir)
-    trainer._start_episodes()
+    trainer.start()
     return trainer
 
 
 class SeedLoop:
-    """The seed's training step: act, env step, store, then one learn call on a batch."""
+    """The tutorial's training step: act, env step, store, then one learn call on a batch."""
 
     def __init__(self, batch_size: int, learning_starts: int):
         self.env = gym.make(ENV)
         self.obs, _ = self.env.reset(seed=0)
         dims = self.env.observation_space.shape[0], self.env.action_space.shape[0]
-        self.buffer = SeedReplayBuffer(*dims, 1_000_000)
-        self.agent = SeedSAC(*dims)
+        self.buffer = SeedStyleBuffer(*dims, 1_000_000)
+        self.agent = SeedStyleSAC(*dims)
         self.batch_size = batch_size
         for _ in range(learning_starts):
             self.step(self.env.action_space.sample(), learn=False)
@@ -85,7 +85,7 @@ def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
             target_text=">= 1.5x seed",
             note="act + env step + store + sample + update, one env, 256x256, batch 256. "
                  f"1M steps at this rate: {hours:.2f} h (fastsac), "
-                 f"{1e6 / sps['seed'] / 3600:.2f} h (seed-style, this machine); the seed "
+                 f"{1e6 / sps['seed'] / 3600:.2f} h (seed-style, this machine); the tutorial "
                  f"reported {SEED_1M_SECONDS / 3600:.2f} h on its machine")]
 
 

@@ -1,4 +1,4 @@
-"""Benchmark plumbing shared by ``fastsac bench``: timing, row dicts, machine facts, tables.
+"""Plumbing shared by the benches: timing, row dicts, machine facts, tables.
 
 Every row is a dict (see :func:`row`) so the CLI can print it as a table or write it as JSON.
 Times are medians over blocks of calls: a block of ``calls`` calls is timed with
@@ -23,12 +23,17 @@ import torch
 
 from fastsac import __version__
 
-_T0 = time.perf_counter()
+_T0 = [time.perf_counter()]
+
+
+def start_clock() -> None:
+    """Restart the seconds that :func:`log` prints (at the start of each bench)."""
+    _T0[0] = time.perf_counter()
 
 
 def log(msg: str) -> None:
-    """Progress on stderr, with the seconds since import."""
-    print(f"[bench {time.perf_counter() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    """Progress on stderr, with the seconds since :func:`start_clock`."""
+    print(f"[bench {time.perf_counter() - _T0[0]:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 # -- timing --------------------------------------------------------------------------------
@@ -82,11 +87,10 @@ def row(case: str, unit: str, fastsac: float | None, seed: float | None, *,
                 target_text=target_text, target_met=met, note=note, **extra)
 
 
-
 # -- the machine ---------------------------------------------------------------------------
 def _git_revision() -> str | None:
     """The source tree's commit (``+dirty`` if changed), or None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout holding fastsac/bench/
     try:
         rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10, check=True)

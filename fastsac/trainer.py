@@ -1,7 +1,5 @@
-"""``fastsac train``: the training loop, evaluation, logs, plots and checkpoints.
-
-One :class:`TrainConfig` drives both ``fastsac.train(config)`` and the command line (each
-field is an option, its docstring the option's help).
+"""The training loop behind ``fastsac train`` and ``fastsac.train``: acting, storing,
+learning, evaluation, logs, plots and checkpoints, all driven by one :class:`TrainConfig`.
 
 The loop steps a gymnasium vector env with autoreset disabled: a step that ends an episode
 stores its true final observation, and only then are the finished envs reset (each episode of
@@ -12,125 +10,23 @@ actions taken: what makes a resumed run repeat an uninterrupted one (see ``docs/
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fastsac._checkpoint import Checkpoints
 from fastsac._runlog import MetricsLog, plot_run
 from fastsac.buffers import ReplayBuffer
-from fastsac.envs import make_env
-from fastsac.sac import SAC, SACConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; ``sac`` holds the learner's hyper-parameters."""
-
-    env: str = "Pendulum-v1"
-    """gymnasium task id (vector observations, or images when ``pixels`` or the task gives
-    uint8 (C, H, W) frames, like fastsac/PointMass-v0)."""
-    total_steps: int = 10_000
-    """Env steps to train for, summed over envs."""
-    seed: int = 0
-    """Seeds torch, the replay buffer, warm-up actions and every episode's reset."""
-    num_envs: int = 1
-    """Envs stepped together (a gymnasium SyncVectorEnv)."""
-    pixels: bool = False
-    """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
-    image_size: int = 84
-    """Side of the rendered frames with ``pixels``."""
-    full_render: bool = False
-    """With ``pixels``: keep MuJoCo's shadows, reflections and multisampling (off by default:
-    an 84x84 frame costs ~1.3 ms instead of ~34 ms here; see BENCHMARKS.md)."""
-    frame_stack: int = 1
-    """Frames the learner sees at once (image tasks); the buffer stacks them at sample time."""
-    learning_starts: int = 1_000
-    """Env steps of uniformly random actions before the first update."""
-    batch_size: int = 256
-    """Transitions per update."""
-    updates_per_step: float = 1.0
-    """Gradient updates per env step (with several envs: per env step of each)."""
-    buffer_size: int | None = None
-    """Replay capacity in slots (an episode of T steps takes T + 1). None: 1,000,000 for
-    vector observations, 100,000 for images (2.1 GB of 84x84 RGB frames)."""
-    eval_every: int = 2_000
-    """Env steps between evaluations (0: only at the end)."""
-    eval_episodes: int = 10
-    """Episodes per evaluation, deterministic actions, episode i reset with seed + 100 + i
-    (0: no evaluation)."""
-    log_every: int = 1_000
-    """Env steps between rows of training metrics in metrics.csv."""
-    checkpoint_every: int = 10_000
-    """Env steps between checkpoints (0: only at the end)."""
-    save_buffer: bool = True
-    """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
-    run_dir: str = ""
-    """Where config.json, metrics.csv, the plot and checkpoints go ("": runs/ENV-TIME)."""
-    device: str = "auto"
-    """"auto" (CUDA when there is a GPU), "cpu" or "cuda"."""
-    progress: bool = True
-    """Show a tqdm progress bar."""
-    sac: SACConfig = field(default_factory=SACConfig)
-    """The learner's hyper-parameters (each one is an option of its own)."""
-
-    def __post_init__(self) -> None:
-        for name in ("total_steps", "num_envs", "image_size", "frame_stack", "batch_size",
-                     "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.buffer_size is not None and self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
-        if not 0 <= self.updates_per_step < math.inf:
-            raise ValueError(f"updates_per_step must be finite and >= 0, "
-                             f"got {self.updates_per_step}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        sac = dict(d.pop("sac", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training options: {sorted(unknown)}")
-        return cls(**d, sac=SACConfig(**sac))
-
-
-# The seed's HalfCheetah run (see SEED-NOTES.md), its defects fixed: warm-up actions come from
-# the action space, and policy actions are rescaled to the env's bounds.
-PRESETS: dict[str, dict] = {
-    "seed": dict(env="HalfCheetah-v4", total_steps=1_000_000, learning_starts=5_000,
-                 batch_size=256, updates_per_step=1.0, buffer_size=1_000_000,
-                 eval_every=10_000, eval_episodes=10,
-                 sac=dict(hidden=(256, 256), actor_lr=1e-4, critic_lr=1e-4,
-                          autotune_alpha=False, init_alpha=0.2, log_std_mode="tanh",
-                          gamma=0.99, tau=0.005)),
-}
-
-
-def with_preset(name: str, **overrides) -> TrainConfig:
-    """The preset's config, with ``overrides`` (``sac`` overrides merge into the preset's)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    d = {**PRESETS[name], **{k: v for k, v in overrides.items() if k != "sac"}}
-    d["sac"] = {**PRESETS[name].get("sac", {}), **overrides.get("sac", {})}
-    return TrainConfig.from_dict(d)
+from fastsac.config import TrainConfig, read_run_config, resumed_config
+from fastsac.envs import FrameStack, episode_seed, make_env
+from fastsac.sac import SAC
 
 
 @dataclass
@@ -140,27 +36,6 @@ class TrainResult:
     run_dir: Path
     eval_returns: dict[int, float]
     """Mean evaluation return at each evaluated step."""
-
-
-def episode_seed(seed: int, env_index: int, episode: int) -> int:
-    """The reset seed of an env's episode: a function of (seed, env, episode) only."""
-    return int(np.random.SeedSequence([seed, env_index, episode]).generate_state(1)[0])
-
-
-class FrameStack:
-    """What the learner sees of each env: its last k frames along axis 0, the first frame
-    repeated at an episode's start, exactly as the replay buffer stacks them."""
-
-    def __init__(self, num_envs: int, frame_shape: tuple[int, ...], k: int, dtype):
-        self.k, self.c = k, frame_shape[0]
-        self.obs = np.zeros((num_envs, k * self.c, *frame_shape[1:]), dtype)
-
-    def reset(self, i: int, frame: np.ndarray) -> None:
-        self.obs[i] = np.concatenate([frame] * self.k, axis=0)
-
-    def push(self, frames: np.ndarray) -> None:
-        self.obs[:, :-self.c] = self.obs[:, self.c:]
-        self.obs[:, -self.c:] = frames
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -226,6 +101,12 @@ class Trainer:
         self.update_debt = 0.0
         self._sampleable = False
         self.eval_returns: dict[int, float] = {}
+        # What the policy sees of each env, filled by start()
+        self.frame = np.zeros((c.num_envs, *self.frame_shape), self.obs_dtype)
+        self.stack = FrameStack(c.num_envs, self.frame_shape, c.frame_stack, self.obs_dtype) \
+            if c.frame_stack > 1 else None
+        self.ep_return = np.zeros(c.num_envs)
+        self.started = False
 
     # -- env side ---------------------------------------------------------------------------
     def _reset(self, mask: np.ndarray, next_episode: bool = True) -> None:
@@ -242,13 +123,12 @@ class Trainer:
                 self.stack.reset(i, obs[i])
             self.ep_return[i] = 0.0
 
-    def _start_episodes(self) -> None:
-        n = self.config.num_envs
-        self.frame = np.zeros((n, *self.frame_shape), self.obs_dtype)
-        self.stack = FrameStack(n, self.frame_shape, self.config.frame_stack, self.obs_dtype) \
-            if self.config.frame_stack > 1 else None
-        self.ep_return = np.zeros(n)
-        self._reset(np.ones(n, bool), next_episode=self.step == 0)
+    def start(self) -> None:
+        """Reset every env: to its first episode, or, after ``restore``, to the start of the
+        episode it was in. ``run`` calls it; call it yourself to drive ``env_step`` and
+        ``learn`` directly."""
+        self._reset(np.ones(self.config.num_envs, bool), next_episode=self.step == 0)
+        self.started = True
 
     def _policy_obs(self) -> np.ndarray:
         return self.stack.obs if self.stack else self.frame
@@ -270,10 +150,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        from tqdm.auto import tqdm  # imported here: `fastsac --help` stays fast
-
         c = self.config
-        self._start_episodes()
+        if not self.started:
+            self.start()
         bar = tqdm(total=c.total_steps, initial=self.step, disable=not c.progress,
                    unit="step", dynamic_ncols=True, desc=c.env)
         try:
@@ -379,7 +258,7 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean return of the deterministic policy over ``eval_episodes`` episodes on a
-        separate env, episode i reset with seed + 100 + i (the seed's protocol)."""
+        separate env, episode i reset with seed + 100 + i."""
         c = self.config
         if self._eval_env is None:  # kept: a pixel env's renderer (EGL context) is costly
             self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
@@ -474,32 +353,12 @@ def make_trainer(config: TrainConfig | None = None,
     return trainer
 
 
-def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The config a run directory was started with (its config.json)."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise ValueError(f"resume: {run_dir} holds no run (no config.json)")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
-
-
 def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = None
           ) -> TrainResult:
     """Train SAC as ``config`` says (None: the defaults). ``resume``: continue the run in that
     directory from its latest checkpoint; ``config`` (None: the run's own config.json) may then
-    differ from the run's only in ``total_steps`` and ``progress``. A run directory whose run
+    differ from the run's only in ``RESUME_MAY_CHANGE`` (``fastsac.config``). A run directory whose run
     never reached a checkpoint is started over."""
     return make_trainer(config, resume).run()
 
 
-RESUME_MAY_CHANGE = ("total_steps", "progress")
-
-
-def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
-    """``saved`` with ``given``'s values of RESUME_MAY_CHANGE; any other difference raises
-    (``run_dir`` may differ: a moved run resumes where it is)."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name not in (*RESUME_MAY_CHANGE, "run_dir") \
-                and getattr(given, f.name) != getattr(saved, f.name):
-            raise ValueError(f"resume: {f.name} was {getattr(saved, f.name)!r} in the run, "
-                             f"got {getattr(given, f.name)!r}; only {RESUME_MAY_CHANGE} may change")
-    return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUME_MAY_CHANGE})

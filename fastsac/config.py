@@ -1,0 +1,212 @@
+"""Configuration: ``SACConfig`` (the learner) and ``TrainConfig`` (a training run), presets,
+and what a resumed run may change.
+
+Frozen dataclasses with a docstring under each field: one source of defaults for the API, the
+command line (each field is an option, its docstring the option's help; see
+``fastsac._configargs``) and the docs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastsac._validate import check_choice
+
+COMPILE_MODES = ("jit", "torch", "none")
+LOG_STD_MODES = ("clamp", "tanh")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Hyper-parameters of the learner."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    """Widths of the hidden layers of the actor and of each critic."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (and of the pixel encoder)."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha) when alpha is tuned."""
+    tau: float = 0.005
+    """Polyak factor: target <- tau * online + (1 - tau) * target after every update."""
+    gamma: float = 0.99
+    """Discount, for the replay buffer (the update uses the batch's ``discount``, which holds
+    gamma^m for an m-step window or 0 after a termination)."""
+    n_step: int = 1
+    """Steps per return, for the replay buffer."""
+    autotune_alpha: bool = True
+    """Tune alpha so that the policy's entropy tracks ``target_entropy``; False: fixed alpha."""
+    init_alpha: float = 1.0
+    """Alpha at the start (the fixed alpha when not tuned)."""
+    target_entropy: float | None = None
+    """Entropy target of the alpha tuning; None: -|A| (minus the action dimension)."""
+    num_critics: int = 2
+    """Q-networks in the ensemble; targets use their minimum (clipped double Q)."""
+    log_std_mode: str = "clamp"
+    """How the policy bounds its log-std: "clamp" to [log_std_min, log_std_max], or "tanh" of the
+    raw output (std in [1/e, e])."""
+    log_std_min: float = -5.0
+    """Lower bound of the policy's log_std (clamp mode)."""
+    log_std_max: float = 2.0
+    """Upper bound of the policy's log_std (clamp mode)."""
+    feature_dim: int = 50
+    """Output width of the pixel encoder."""
+    augment: bool = True
+    """Random-shift augmentation (pad 4, random crop) of pixel obs and next_obs in updates."""
+    compile: str = "jit"
+    """How the networks run: "jit" (TorchScript), "torch" (torch.compile) or "none" (eager)."""
+    cuda_graph: bool = False
+    """CUDA only: capture the whole update in a CUDA graph and replay it (fixed batch shape)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON and argparse give lists
+        check_choice("compile", self.compile, COMPILE_MODES)
+        check_choice("log_std_mode", self.log_std_mode, LOG_STD_MODES)
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
+        if not self.log_std_min < self.log_std_max or not math.isfinite(self.log_std_min) \
+                or not math.isfinite(self.log_std_max):
+            raise ValueError(f"log_std_min < log_std_max must hold (finite), got "
+                             f"{self.log_std_min}, {self.log_std_max}")
+        if self.target_entropy is not None and not math.isfinite(self.target_entropy):
+            raise ValueError(f"target_entropy must be finite or None, got {self.target_entropy}")
+        if self.n_step < 1 or self.feature_dim < 1:
+            raise ValueError("n_step and feature_dim must be >= 1")
+        if self.num_critics < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError("num_critics and every hidden width must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; ``sac`` holds the learner's hyper-parameters."""
+
+    env: str = "Pendulum-v1"
+    """gymnasium task id (vector observations, or images when ``pixels`` or the task gives
+    uint8 (C, H, W) frames, like fastsac/PointMass-v0)."""
+    total_steps: int = 10_000
+    """Env steps to train for, summed over envs."""
+    seed: int = 0
+    """Seeds torch, the replay buffer, warm-up actions and every episode's reset."""
+    num_envs: int = 1
+    """Envs stepped together (a gymnasium SyncVectorEnv)."""
+    pixels: bool = False
+    """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
+    image_size: int = 84
+    """Side of the rendered frames with ``pixels``."""
+    full_render: bool = False
+    """With ``pixels``: keep MuJoCo's shadows, reflections and multisampling (off by default,
+    for speed: a software renderer spends most of a frame on them)."""
+    frame_stack: int = 1
+    """Frames the learner sees at once (image tasks); the buffer stacks them at sample time."""
+    learning_starts: int = 1_000
+    """Env steps of uniformly random actions before the first update."""
+    batch_size: int = 256
+    """Transitions per update."""
+    updates_per_step: float = 1.0
+    """Gradient updates per env step (with several envs: per env step of each)."""
+    buffer_size: int | None = None
+    """Replay capacity in slots (an episode of T steps takes T + 1). None: 1,000,000 for
+    vector observations, 100,000 for images (2.1 GB of 84x84 RGB frames)."""
+    eval_every: int = 2_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, deterministic actions, episode i reset with seed + 100 + i
+    (0: no evaluation)."""
+    log_every: int = 1_000
+    """Env steps between rows of training metrics in metrics.csv."""
+    checkpoint_every: int = 10_000
+    """Env steps between checkpoints (0: only at the end)."""
+    save_buffer: bool = True
+    """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
+    run_dir: str = ""
+    """Where config.json, metrics.csv, the plot and checkpoints go ("": runs/ENV-TIME)."""
+    device: str = "auto"
+    """"auto" (CUDA when there is a GPU), "cpu" or "cuda"."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """The learner's hyper-parameters (each one is an option of its own)."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "num_envs", "image_size", "frame_stack", "batch_size",
+                     "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.buffer_size is not None and self.buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        if not 0 <= self.updates_per_step < math.inf:
+            raise ValueError(f"updates_per_step must be finite and >= 0, "
+                             f"got {self.updates_per_step}")
+        check_choice("device", self.device, DEVICES)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        sac = dict(d.pop("sac", {}))
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        return cls(**d, sac=SACConfig(**sac))
+
+
+# "seed": the HalfCheetah-v4 run of the SAC tutorial fastsac grew from, with two of its defects
+# fixed: warm-up actions come from the action space (not [0, 1)), and policy actions are
+# rescaled to the env's bounds.
+PRESETS: dict[str, dict] = {
+    "seed": dict(env="HalfCheetah-v4", total_steps=1_000_000, learning_starts=5_000,
+                 batch_size=256, updates_per_step=1.0, buffer_size=1_000_000,
+                 eval_every=10_000, eval_episodes=10,
+                 sac=dict(hidden=(256, 256), actor_lr=1e-4, critic_lr=1e-4,
+                          autotune_alpha=False, init_alpha=0.2, log_std_mode="tanh",
+                          gamma=0.99, tau=0.005)),
+}
+
+
+def with_preset(name: str, **overrides) -> TrainConfig:
+    """The preset's config, with ``overrides`` (``sac`` overrides merge into the preset's)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    d = {**PRESETS[name], **{k: v for k, v in overrides.items() if k != "sac"}}
+    d["sac"] = {**PRESETS[name].get("sac", {}), **overrides.get("sac", {})}
+    return TrainConfig.from_dict(d)
+
+
+RESUME_MAY_CHANGE = ("total_steps", "progress")
+
+
+def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """``saved`` with ``given``'s values of RESUME_MAY_CHANGE; any other difference raises
+    (``run_dir`` may differ: a moved run resumes where it is)."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in (*RESUME_MAY_CHANGE, "run_dir") \
+                and getattr(given, f.name) != getattr(saved, f.name):
+            raise ValueError(f"resume: {f.name} was {getattr(saved, f.name)!r} in the run, "
+                             f"got {getattr(given, f.name)!r}; only {RESUME_MAY_CHANGE} may change")
+    return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUME_MAY_CHANGE})
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The config a run directory was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ValueError(f"resume: {run_dir} holds no run (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
