@@ -3,13 +3,12 @@ the library never does, since it changes the whole process).
 
 glibc malloc. An update allocates and frees dozens of 64 KiB to 512 KiB tensors. With glibc's
 defaults some of them are mmap'ed, or the heap top is trimmed after each update, so their
-pages fault again on every update: 135-165 minor faults per update measured here (HalfCheetah
-shapes), which costs ~5% of the update. Raising both thresholds keeps that memory for reuse.
+pages fault again on every update. Raising both thresholds keeps that memory for reuse.
 
 numpy's BLAS threads. ``SAC.act`` on one vector observation multiplies in numpy; numpy's
-OpenBLAS then runs its own threads, which keep spinning on the cores torch's update needs: a
-HalfCheetah training loop ran at 135 steps/s with 2 OpenBLAS threads and 150 with 1 (same
-machine, one run each; updates alone 143 vs 161/s).
+OpenBLAS then runs its own threads, which keep spinning on the cores torch's update needs.
+
+BENCHMARKS.md has what each costs a training loop.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A run's metrics.csv (rows of step, key, value, like the seed's logger) and its plot."""
+"""A run's metrics.csv (rows of step, key, value) and its plot."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_run(metrics_csv: Path, png: Path, title: str = "") -> None:
-    """The seed's three panels (average return, policy loss, value loss against step),
-    written atomically. Uses matplotlib's object API: no pyplot, no global backend change."""
+    """Three panels (average return, policy loss, value loss against step), written
+    atomically. Uses matplotlib's object API: no pyplot, no global backend change."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
