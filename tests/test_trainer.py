@@ -15,7 +15,6 @@ import fastsac.trainer as trainer_module
 from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
 from fastsac.cli import main
-from fastsac.config import with_preset
 from fastsac.envs import FrameStack, random_policy_return
 
 TINY = SACConfig(hidden=(16, 16))
@@ -165,18 +164,6 @@ def test_cli_refuses_a_run_dir_holding_a_run_and_resume_with_run_dir(tmp_path, c
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", run, "--run-dir", str(tmp_path / "x")]) == 2
     assert "--run-dir" in capsys.readouterr().err
-
-
-def test_preset_seed_is_the_seeds_run():
-    cfg = with_preset("seed")
-    assert (cfg.env, cfg.total_steps, cfg.learning_starts, cfg.batch_size) == \
-        ("HalfCheetah-v4", 1_000_000, 5_000, 256)
-    assert (cfg.updates_per_step, cfg.eval_every, cfg.eval_episodes) == (1.0, 10_000, 10)
-    s = cfg.sac
-    assert (s.hidden, s.actor_lr, s.critic_lr, s.autotune_alpha, s.init_alpha) == \
-        ((256, 256), 1e-4, 1e-4, False, 0.2)
-    assert (s.gamma, s.tau, s.log_std_mode) == (0.99, 0.005, "tanh")
-    assert with_preset("seed", total_steps=5, sac=dict(tau=0.01)).sac.actor_lr == 1e-4
 
 
 # -- resume --------------------------------------------------------------------------------
