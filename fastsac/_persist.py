@@ -1,10 +1,10 @@
 """Saving and loading replay buffers: an uncompressed ``.npz`` with a format tag and version.
 
-The file holds the buffer's config (JSON), its storage, the per-stream counters and the
+The file holds the buffer's config (JSON), its slots, the per-stream counters and the
 sampling RNG state, so a loaded buffer samples exactly what the saved one would have. Version
 2 files hold only the slots each stream has written (a buffer's file grows as it fills;
 version 1, still read, held the whole block). Saving holds the core's lock (a concurrent
-``add`` waits) and writes the storage straight from the core; loading reads it straight into
+``add`` waits) and writes the slots straight from the core; loading reads them straight into
 the new core, so neither needs a second copy.
 """
 
@@ -30,13 +30,13 @@ KEYS = ("format", "version", "config", "storage", "streams", "rng")
 _CHUNK = 64 << 20
 
 
-def _state(buf: ReplayBuffer, storage: np.ndarray) -> dict:
+def _state(buf: ReplayBuffer, slots: np.ndarray) -> dict:
     core = buf._core
     return {
         "format": FORMAT,
         "version": VERSION,
         "config": buf.config(),
-        "storage": storage,
+        "storage": slots,
         "streams": np.asarray(core.stream_state(), dtype=np.int64),
         "rng": np.asarray(core.rng_state(), dtype=np.uint64),
     }
@@ -45,7 +45,7 @@ def _state(buf: ReplayBuffer, storage: np.ndarray) -> dict:
 def state_dict(buf: ReplayBuffer) -> dict:
     """A consistent copy, taken under the core's lock (later adds do not change it)."""
     with buf._core.locked():
-        return _state(buf, buf._core.storage().copy())
+        return _state(buf, buf._core.slots().copy())
 
 
 def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
@@ -58,19 +58,19 @@ def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
 
 
 def _held_spans(buf: ReplayBuffer, streams: np.ndarray) -> list[tuple[int, int]]:
-    """(offset, bytes) in the storage block of the slots each stream has written: a ring is
+    """(offset, bytes) in the block of slots of those each stream has written: a ring is
     filled from its start, so they are a prefix of it."""
     streams = np.asarray(streams, dtype=np.int64)
     if streams.shape != (4 * buf.num_envs,) or (streams[0::4] < 0).any():
         raise ValueError(f"stream state has shape {streams.shape} or negative counts")
     ring = buf._ring
-    stride = buf._core.storage().nbytes // (buf.num_envs * ring)
+    stride = buf._core.slots().nbytes // (buf.num_envs * ring)
     return [(e * ring * stride, int(min(count, ring)) * stride)
             for e, count in enumerate(streams[0::4])]
 
 
 def _restore(buf: ReplayBuffer, core, state: dict) -> None:
-    """Counters and RNG into ``core`` (whose storage is filled), then a full consistency check."""
+    """Counters and RNG into ``core`` (whose slots are filled), then a full consistency check."""
     core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
     core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
     core.check_integrity()
@@ -89,11 +89,11 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
         raise ValueError(f"state was saved from a buffer with config {config}, this buffer has "
                          f"{mine}")
     core = buf._new_core()
-    storage, target = np.asarray(state["storage"]), core.storage()
-    if storage.dtype != np.uint8 or storage.shape != target.shape:
-        raise ValueError(f"state storage has {storage.shape} {storage.dtype}, expected "
+    slots, target = np.asarray(state["storage"]), core.slots()
+    if slots.dtype != np.uint8 or slots.shape != target.shape:
+        raise ValueError(f"state storage has {slots.shape} {slots.dtype}, expected "
                          f"{target.shape} uint8")
-    target[...] = storage
+    target[...] = slots
     _restore(buf, core, state)
     buf._core = core
     buf._staging.clear()
@@ -101,7 +101,7 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
 
 def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
     with atomic_write(path) as f, buf._core.locked():
-        storage = buf._core.storage()
+        slots = buf._core.slots()
         state = _state(buf, None)
         state["version"] = FILE_VERSION
         state["config"] = json.dumps(state["config"])
@@ -119,7 +119,7 @@ def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
                     "shape": (sum(n for _, n in spans),)})
                 for offset, n in spans:
                     for start in range(offset, offset + n, _CHUNK):
-                        member.write(storage[start:min(start + _CHUNK, offset + n)])
+                        member.write(slots[start:min(start + _CHUNK, offset + n)])
 
 
 def _read_into(member, target: np.ndarray, spans: list[tuple[int, int]]) -> None:
@@ -164,7 +164,7 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
                 buf = cls(**config, **kwargs)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid buffer config: {exc}") from exc
-            target = buf._core.storage()
+            target = buf._core.slots()
             spans = [(0, target.nbytes)] if int(state["version"]) == 1 \
                 else _held_spans(buf, state["streams"])
             with z.open("storage.npy") as member:

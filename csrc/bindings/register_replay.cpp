@@ -133,15 +133,15 @@ void register_replay(py::module_& m) {
       .def_property_readonly("nbytes", &ReplayCore::nbytes)
       .def_property_readonly("stride", &ReplayCore::stride)
       .def(
-          "storage",
+          "slots",
           [](py::object self_obj) {
             auto& self = self_obj.cast<ReplayCore&>();
-            // A writable uint8 view of the whole storage block that keeps the core alive.
+            // A writable uint8 view of every slot's bytes that keeps the core alive.
             return py::array(py::dtype::of<uint8_t>(),
-                             {static_cast<py::ssize_t>(self.storage_bytes())}, {1},
-                             self.storage_data(), self_obj);
+                             {static_cast<py::ssize_t>(self.slots_bytes())}, {1},
+                             self.slots_data(), self_obj);
           },
-          "The raw storage block as a uint8 view (for save/load).")
+          "The slots' raw bytes as one uint8 view (for save/load).")
       .def(
           "locked", [](py::object self) { return CoreLock{self, {}}; },
           "A context manager holding the core's lock (same thread only).")

@@ -1,4 +1,4 @@
-// Storage and writing: construction, add(), and the state used by save/load.
+// Construction (the block of slots), writing with add(), and the state used by save/load.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -64,11 +64,11 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
   frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
   stride_ = round_up(frame_offset_ + frames * cfg_.frame_bytes, 16);
-  const int64_t slots = cfg_.num_envs * cfg_.ring;
-  require(slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
-  storage_bytes_ = static_cast<size_t>(slots) * static_cast<size_t>(stride_);
+  const int64_t num_slots = cfg_.num_envs * cfg_.ring;
+  require(num_slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
+  slots_bytes_ = static_cast<size_t>(num_slots) * static_cast<size_t>(stride_);
   // Zeroed lazily: a large buffer costs memory as it fills; a save never holds garbage.
-  storage_ = std::make_unique<Memory>(storage_bytes_);
+  slots_ = std::make_unique<Memory>(slots_bytes_);
 }
 
 int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {

@@ -88,7 +88,7 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
   const int64_t adim = cfg_.action_dim, pos = d.pos, slot = d.slot;
   const double gamma = cfg_.gamma;
   const bool transition = cfg_.storage == Storage::Transition;
-  const uint8_t* const base = storage_->data() + d.env * ring * stride;
+  const uint8_t* const base = slots_->data() + d.env * ring * stride;
   // Neighbouring records by slot arithmetic, without a division each.
   auto rec = [=](int64_t p) {
     int64_t s = slot + (p - pos);
@@ -169,7 +169,7 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
     return Draw{e, spans_[e].oldest + r, slot};
   };
   auto record_of = [&](const Draw& d) {
-    return storage_->data() + (d.env * cfg_.ring + d.slot) * stride_;
+    return slots_->data() + (d.env * cfg_.ring + d.slot) * stride_;
   };
   // Draw all first, touching each header line: the address translations (page walks) of all
   // draws then overlap instead of each one stalling its validation.
