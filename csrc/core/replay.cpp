@@ -62,7 +62,8 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   require(cfg_.action_dim <= kMaxField && cfg_.frame_bytes <= kMaxField,
           "action or observation too large");
   const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
-  frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
+  frame_offset_ =
+      round_up(static_cast<int64_t>(sizeof(SlotHeader)) + kFloatBytes * cfg_.action_dim, 16);
   stride_ = round_up(frame_offset_ + frames * cfg_.frame_bytes, 16);
   const int64_t num_slots = cfg_.num_envs * cfg_.ring;
   require(num_slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
@@ -109,7 +110,7 @@ void ReplayCore::add_episode(int64_t env, const uint8_t* obs, const float* actio
   SlotHeader* h = header(env, pos);
   h->reward = reward;
   h->flags = kHasStep | (terminated ? kTerminated : 0u);
-  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  std::memcpy(action_of(env, pos), action, kFloatBytes * cfg_.action_dim);
   ++st.steps;
 
   const int64_t next = open_slot(env, st.cur_first);
@@ -128,7 +129,7 @@ void ReplayCore::add_transition(int64_t env, const uint8_t* obs, const float* ac
   SlotHeader* h = header(env, pos);
   h->reward = reward;
   h->flags = kHasStep | (terminated ? kTerminated : 0u);
-  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  std::memcpy(action_of(env, pos), action, kFloatBytes * cfg_.action_dim);
   std::memcpy(frame_of(env, pos), obs, cfg_.frame_bytes);
   std::memcpy(next_frame_of(env, pos), next_obs, cfg_.frame_bytes);
   ++st.steps;

@@ -27,6 +27,10 @@ namespace fastsac {
 
 enum class Storage : int { Episode = 0, Transition = 1 };
 
+// Actions, rewards and discounts are float32 (numpy's and torch's float32 on both sides).
+static_assert(sizeof(float) == 4, "float must be IEEE single precision");
+constexpr int64_t kFloatBytes = sizeof(float);
+
 struct ReplayConfig {
   int64_t num_envs = 1;
   int64_t ring = 1;          // slots per env stream

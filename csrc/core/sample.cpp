@@ -105,7 +105,7 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
     out.discount[row] = term ? 0.0f : static_cast<float>(gamma);
     const uint8_t* r = rec(pos);
     copy_bytes(reinterpret_cast<uint8_t*>(out.action + row * adim), r + sizeof(SlotHeader),
-               4 * adim);
+               kFloatBytes * adim);
     copy_bytes(out.obs + row * fb, r + fo, fb);
     copy_bytes(out.next_obs + row * fb, transition ? r + fo + fb : rec(pos + 1) + fo, fb);
     return;
@@ -122,7 +122,7 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
   out.reward[row] = static_cast<float>(ret);
   out.discount[row] = terminated ? 0.0f : static_cast<float>(g);
   copy_bytes(reinterpret_cast<uint8_t*>(out.action + row * adim), rec(pos) + sizeof(SlotHeader),
-             4 * adim);
+             kFloatBytes * adim);
 
   // Stacks repeat the episode's first frame where the episode is shorter than the stack.
   uint8_t* const o = out.obs + row * k * fb;
