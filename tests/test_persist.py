@@ -323,18 +323,20 @@ def test_save_during_concurrent_adds_writes_loadable_files(tmp_path):
     import threading
 
     buf = ReplayBuffer(4096, (64,), (2,), seed=0, num_envs=2)
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def writer():
         t = 0
         while not stop.is_set():
             o = np.full((2, 64), t % 1000, np.float32)
             buf.add(o, np.zeros((2, 2)), np.zeros(2), o + 1, [False, False], [t % 7 == 6] * 2)
+            started.set()
             t += 1
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+        started.wait(timeout=60)  # every save then has steps to capture
         for i in range(10):
             buf.save(tmp_path / f"b{i}.npz")
     finally:
