@@ -57,21 +57,13 @@ def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
                          f"version {' or '.join(map(str, versions))}")
 
 
-def _held_spans(buf: ReplayBuffer, streams: np.ndarray) -> list[tuple[int, int]]:
-    """(offset, bytes) in the block of slots of those each stream has written: a ring is
-    filled from its start, so they are a prefix of it."""
-    streams = np.asarray(streams, dtype=np.int64)
-    if streams.shape != (4 * buf.num_envs,) or (streams[0::4] < 0).any():
-        raise ValueError(f"stream state has shape {streams.shape} or negative counts")
-    ring = buf._ring
-    stride = buf._core.slots().nbytes // (buf.num_envs * ring)
-    return [(e * ring * stride, int(min(count, ring)) * stride)
-            for e, count in enumerate(streams[0::4])]
-
-
-def _restore(buf: ReplayBuffer, core, state: dict) -> None:
-    """Counters and RNG into ``core`` (whose slots are filled), then a full consistency check."""
+def _set_streams(core, state: dict) -> None:
+    """The per-stream counters into ``core`` (validated there); its written spans follow."""
     core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
+
+
+def _finish(core, state: dict) -> None:
+    """The RNG into ``core`` (whose counters and slots are set), then a full consistency check."""
     core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
     core.check_integrity()
 
@@ -93,8 +85,9 @@ def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
     if slots.dtype != np.uint8 or slots.shape != target.shape:
         raise ValueError(f"state storage has {slots.shape} {slots.dtype}, expected "
                          f"{target.shape} uint8")
+    _set_streams(core, state)
     target[...] = slots
-    _restore(buf, core, state)
+    _finish(core, state)
     buf._core = core
     buf._staging.clear()
 
@@ -105,7 +98,7 @@ def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
         state = _state(buf, None)
         state["version"] = FILE_VERSION
         state["config"] = json.dumps(state["config"])
-        spans = _held_spans(buf, state["streams"])
+        spans = buf._core.written_spans()
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
             for key in KEYS:
                 if key == "storage":
@@ -164,12 +157,14 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
                 buf = cls(**config, **kwargs)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid buffer config: {exc}") from exc
-            target = buf._core.slots()
+            core = buf._core  # buf is new: nothing to keep on failure
+            _set_streams(core, state)
+            target = core.slots()
             spans = [(0, target.nbytes)] if int(state["version"]) == 1 \
-                else _held_spans(buf, state["streams"])
+                else core.written_spans()
             with z.open("storage.npy") as member:
                 _read_into(member, target, spans)
-            _restore(buf, buf._core, state)  # buf is new: nothing to keep on failure
+            _finish(core, state)
     except FileNotFoundError:
         raise
     except (ValueError, TypeError, OSError, EOFError, KeyError, MemoryError,

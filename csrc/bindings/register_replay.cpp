@@ -158,6 +158,9 @@ void register_replay(py::module_& m) {
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)
+      .def("written_spans", &ReplayCore::written_spans,
+           "Per stream, (offset, bytes) in slots() of the slots it has written (a prefix of its "
+           "ring).")
       .def("rng_state",
            [](const ReplayCore& self) {
              auto s = self.rng_state();

@@ -202,6 +202,15 @@ void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
   }
 }
 
+std::vector<std::pair<int64_t, int64_t>> ReplayCore::written_spans() const {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  spans.reserve(streams_.size());
+  for (int64_t e = 0; e < cfg_.num_envs; ++e)
+    spans.emplace_back(e * cfg_.ring * stride_, std::min(streams_[e].count, cfg_.ring) * stride_);
+  return spans;
+}
+
 void ReplayCore::check_integrity() const {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   const bool episode = cfg_.storage == Storage::Episode;

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "memory.hpp"
@@ -106,6 +107,9 @@ class ReplayCore {
   size_t slots_bytes() const { return slots_bytes_; }
   std::vector<int64_t> stream_state() const;
   void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
+  // Per stream, the (offset, bytes) of the slots it has written: a ring fills from its start,
+  // so they are a prefix of its ring, and a save writes only these.
+  std::vector<std::pair<int64_t, int64_t>> written_spans() const;
   // Checks that every held header is consistent with the stream counters, so that restored
   // (possibly corrupt) state cannot make add() or sample() reach outside the slots or a
   // step's episode. Throws std::invalid_argument.
