@@ -29,7 +29,7 @@ namespace fastsac {
 enum class Storage : int { Episode = 0, Transition = 1 };
 
 // Actions, rewards and discounts are float32 (numpy's and torch's float32 on both sides).
-static_assert(sizeof(float) == 4, "float must be IEEE single precision");
+static_assert(sizeof(float) == 4, "float must be 4 bytes, as numpy's float32");
 constexpr int64_t kFloatBytes = sizeof(float);
 
 struct ReplayConfig {
