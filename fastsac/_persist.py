@@ -1,11 +1,18 @@
 """Saving and loading replay buffers: an uncompressed ``.npz`` with a format tag and version.
 
-The file holds the buffer's config (JSON), its storage, the per-stream counters and the
-sampling RNG state, so a loaded buffer samples exactly what the saved one would have. Version
-2 files hold only the slots each stream has written (a buffer's file grows as it fills;
-version 1, still read, held the whole block). Saving holds the core's lock (a concurrent
-``add`` waits) and writes the storage straight from the core; loading reads it straight into
-the new core, so neither needs a second copy.
+Members (also the keys of ``state_dict``): ``format`` (the tag), ``version`` (the layout of
+``storage``), ``config`` (the buffer's constructor arguments; JSON in a file), ``storage`` (slot
+bytes), ``streams`` (the per-stream counters) and ``rng`` (the sampling RNG state), so a loaded
+buffer samples exactly what the saved one would have. ``storage`` is laid out as:
+
+- ``WRITTEN_SLOTS`` (2, what ``save`` writes): stream after stream, the slots each stream has
+  written, so a file grows as the buffer fills, not with its capacity;
+- ``WHOLE_BLOCK`` (1, what ``state_dict`` returns): the core's whole block of slots.
+
+Files and state dicts are read in either layout, through one restore path.
+
+Saving writes the slots straight from the core under its lock (a concurrent ``add`` waits);
+loading reads them straight into the new core, so neither makes a second copy.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,106 +28,55 @@ import numpy as np
 from fastsac._io import atomic_write
 
 if TYPE_CHECKING:
-    from fastsac.buffers import ReplayBuffer
+    from fastsac._core import ReplayCore
 
 FORMAT = "fastsac.ReplayBuffer"
-VERSION = 1  # of state_dict(), whose "storage" is the whole block
-FILE_VERSION = 2  # of save()'s files, whose "storage" holds each stream's written slots
-FILE_VERSIONS = (1, 2)
+WHOLE_BLOCK = 1  # "storage" is the core's whole block of slots
+WRITTEN_SLOTS = 2  # "storage" is each stream's written slots, one stream after the other
+VERSIONS = (WHOLE_BLOCK, WRITTEN_SLOTS)
 KEYS = ("format", "version", "config", "storage", "streams", "rng")
 _CHUNK = 64 << 20
 
 
-def _state(buf: ReplayBuffer, storage: np.ndarray) -> dict:
-    core = buf._core
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": buf.config(),
-        "storage": storage,
-        "streams": np.asarray(core.stream_state(), dtype=np.int64),
-        "rng": np.asarray(core.rng_state(), dtype=np.uint64),
-    }
+def _counters(core: ReplayCore) -> dict:
+    """The ``streams`` and ``rng`` members (read under the core's lock)."""
+    return {"streams": np.asarray(core.stream_state(), dtype=np.int64),
+            "rng": np.asarray(core.rng_state(), dtype=np.uint64)}
 
 
-def state_dict(buf: ReplayBuffer) -> dict:
+def state_dict(core: ReplayCore, config: dict) -> dict:
     """A consistent copy, taken under the core's lock (later adds do not change it)."""
-    with buf._core.locked():
-        return _state(buf, buf._core.storage().copy())
+    with core.locked():
+        return {"format": FORMAT, "version": WHOLE_BLOCK, "config": config,
+                "storage": core.slots().copy(), **_counters(core)}
 
 
-def _check_header(state: dict, versions: tuple[int, ...] = (VERSION,)) -> None:
-    if state["format"] != FORMAT:
-        raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
-    version = np.asarray(state["version"])
-    if version.ndim != 0 or version.dtype.kind not in "iu" or int(version) not in versions:
-        raise ValueError(f"state has format version {state['version']}, this fastsac reads "
-                         f"version {' or '.join(map(str, versions))}")
-
-
-def _held_spans(buf: ReplayBuffer, streams: np.ndarray) -> list[tuple[int, int]]:
-    """(offset, bytes) in the storage block of the slots each stream has written: a ring is
-    filled from its start, so they are a prefix of it."""
-    streams = np.asarray(streams, dtype=np.int64)
-    if streams.shape != (4 * buf.num_envs,) or (streams[0::4] < 0).any():
-        raise ValueError(f"stream state has shape {streams.shape} or negative counts")
-    ring = buf._ring
-    stride = buf._core.storage().nbytes // (buf.num_envs * ring)
-    return [(e * ring * stride, int(min(count, ring)) * stride)
-            for e, count in enumerate(streams[0::4])]
-
-
-def _restore(buf: ReplayBuffer, core, state: dict) -> None:
-    """Counters and RNG into ``core`` (whose storage is filled), then a full consistency check."""
-    core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
-    core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
-    core.check_integrity()
-
-
-def load_state_dict(buf: ReplayBuffer, state: dict) -> None:
-    """Restore into a fresh core first, so a bad state leaves ``buf`` as it was."""
-    missing = [k for k in KEYS if k not in state]
-    if missing:
-        raise ValueError(f"state is missing {missing}; not a fastsac ReplayBuffer state")
-    _check_header(state)
-    config, mine = dict(state["config"]), buf.config()
-    config.pop("seed", None)
-    mine.pop("seed", None)
-    if config != mine:
-        raise ValueError(f"state was saved from a buffer with config {config}, this buffer has "
-                         f"{mine}")
-    core = buf._new_core()
-    storage, target = np.asarray(state["storage"]), core.storage()
-    if storage.dtype != np.uint8 or storage.shape != target.shape:
-        raise ValueError(f"state storage has {storage.shape} {storage.dtype}, expected "
-                         f"{target.shape} uint8")
-    target[...] = storage
-    _restore(buf, core, state)
-    buf._core = core
-    buf._staging.clear()
-
-
-def save(buf: ReplayBuffer, path: str | os.PathLike) -> None:
-    with atomic_write(path) as f, buf._core.locked():
-        storage = buf._core.storage()
-        state = _state(buf, None)
-        state["version"] = FILE_VERSION
-        state["config"] = json.dumps(state["config"])
-        spans = _held_spans(buf, state["streams"])
+def save(path: str | os.PathLike, core: ReplayCore, config: dict) -> None:
+    """Write ``core`` in the ``WRITTEN_SLOTS`` layout, atomically (temporary file, rename)."""
+    with atomic_write(path) as f, core.locked():
+        members = {"format": FORMAT, "version": WRITTEN_SLOTS, "config": json.dumps(config),
+                   **_counters(core)}
+        spans, slots = core.written_spans(), core.slots()
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-            for key in KEYS:
-                if key == "storage":
-                    continue
+            for key, value in members.items():
                 with z.open(f"{key}.npy", "w") as member:
-                    np.lib.format.write_array(member, np.asarray(state[key]),
-                                              allow_pickle=False)
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
             with z.open("storage.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_2_0(member, {
                     "descr": "|u1", "fortran_order": False,
                     "shape": (sum(n for _, n in spans),)})
                 for offset, n in spans:
                     for start in range(offset, offset + n, _CHUNK):
-                        member.write(storage[start:min(start + _CHUNK, offset + n)])
+                        member.write(slots[start:min(start + _CHUNK, offset + n)])
+
+
+def _check_header(state: Mapping) -> None:
+    if state["format"] != FORMAT:
+        raise ValueError(f"state has format {state['format']!r}, expected {FORMAT!r}")
+    version = np.asarray(state["version"])
+    if version.ndim != 0 or version.dtype.kind not in "iu" or int(version) not in VERSIONS:
+        raise ValueError(f"state has format version {state['version']}, this fastsac reads "
+                         f"version {' or '.join(map(str, VERSIONS))}")
 
 
 def _read_into(member, target: np.ndarray, spans: list[tuple[int, int]]) -> None:
@@ -145,7 +102,54 @@ def _read_into(member, target: np.ndarray, spans: list[tuple[int, int]]) -> None
         raise ValueError("storage has trailing bytes")
 
 
-def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBuffer:
+def _copy_into(source, target: np.ndarray, spans: list[tuple[int, int]]) -> None:
+    """Copy an array's bytes into the ``spans`` (offset, bytes) of ``target``, one after the
+    other."""
+    source = np.asarray(source)
+    expected = (sum(n for _, n in spans),)
+    if source.dtype != np.uint8 or source.shape != expected:
+        raise ValueError(f"storage has {source.shape} {source.dtype}, expected {expected} uint8")
+    done = 0
+    for offset, n in spans:
+        target[offset:offset + n] = source[done:done + n]
+        done += n
+
+
+def restore(core: ReplayCore, config: dict, state: Mapping) -> ReplayCore:
+    """Fill the empty ``core``, built from ``config``, with ``state`` and return it.
+
+    Checks the header and that ``state`` was saved from a buffer of ``config`` (its seed
+    aside), sets the counters (which the core validates), reads the slot bytes into the spans
+    they fill, sets the RNG and checks every held slot. ``state["storage"]`` is an array, or
+    an open ``.npy`` zip member that is read straight into the slots.
+    """
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise ValueError(f"state is missing {missing}; not a fastsac ReplayBuffer state")
+    _check_header(state)
+    theirs, mine = dict(state["config"]), dict(config)
+    theirs.pop("seed", None)
+    mine.pop("seed", None)
+    if theirs != mine:
+        raise ValueError(f"state was saved from a buffer with config {theirs}, this buffer has "
+                         f"{mine}")
+    core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
+    target = core.slots()
+    spans = [(0, target.nbytes)] if int(state["version"]) == WHOLE_BLOCK \
+        else core.written_spans()
+    source = state["storage"]
+    if hasattr(source, "readinto"):
+        _read_into(source, target, spans)
+    else:
+        _copy_into(source, target, spans)
+    core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
+    core.check_integrity()
+    return core
+
+
+def load(path: str | os.PathLike, build: Callable[[dict], ReplayCore]) -> ReplayCore:
+    """Read a file written by :func:`save` into ``build(config)``, an empty core of the file's
+    config; a ``TypeError`` or ``ValueError`` from ``build`` means the config is invalid."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:
@@ -156,24 +160,17 @@ def load(cls: type[ReplayBuffer], path: str | os.PathLike, **kwargs) -> ReplayBu
             state = {k: np.lib.format.read_array(z.open(f"{k}.npy"), allow_pickle=False)
                      for k in KEYS if k != "storage"}
             state["format"] = str(state["format"])
-            _check_header(state, FILE_VERSIONS)
-            config = json.loads(str(state["config"]))
-            config["obs_shape"] = tuple(config["obs_shape"])
-            config["action_shape"] = tuple(config["action_shape"])
+            _check_header(state)  # before building a buffer of a foreign file's config
+            state["config"] = json.loads(str(state["config"]))
             try:
-                buf = cls(**config, **kwargs)
+                core = build(state["config"])
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid buffer config: {exc}") from exc
-            target = buf._core.storage()
-            spans = [(0, target.nbytes)] if int(state["version"]) == 1 \
-                else _held_spans(buf, state["streams"])
             with z.open("storage.npy") as member:
-                _read_into(member, target, spans)
-            _restore(buf, buf._core, state)  # buf is new: nothing to keep on failure
+                return restore(core, state["config"], {**state, "storage": member})
     except FileNotFoundError:
         raise
     except (ValueError, TypeError, OSError, EOFError, KeyError, MemoryError,
             zipfile.BadZipFile) as exc:  # MemoryError: a crafted size or header
         raise ValueError(f"{path} is not a readable fastsac replay buffer file "
                          f"(truncated, foreign or corrupt): {exc}") from exc
-    return buf

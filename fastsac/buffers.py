@@ -247,21 +247,35 @@ class ReplayBuffer:
                     gamma=self.gamma, storage=self.storage, seed=self.seed)
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: config, storage (a view, not a copy),
+        """Everything needed to continue exactly: config, the slots (as ``storage``, a copy),
         per-stream counters and the sampling RNG state."""
-        return _persist.state_dict(self)
+        return _persist.state_dict(self._core, self.config())
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict`` of a buffer with the same config."""
-        _persist.load_state_dict(self, state)
+        # Into a fresh core first, so a rejected state leaves this buffer as it was.
+        self._use_core(_persist.restore(self._new_core(), self.config(), state))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the buffer to ``path`` atomically (temporary file, then rename)."""
-        _persist.save(self, path)
+        _persist.save(path, self._core, self.config())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
              pin_memory: bool | None = None) -> ReplayBuffer:
         """Read a buffer written by :meth:`save`."""
-        return _persist.load(cls, path, device=device, pin_memory=pin_memory)
+        buf = None
+
+        def build(config: dict) -> _core.ReplayCore:
+            nonlocal buf
+            buf = cls(**config, device=device, pin_memory=pin_memory)
+            return buf._core
+
+        _persist.load(path, build)  # fills the new buffer's core: nothing to keep on failure
+        return buf
+
+    def _use_core(self, core: _core.ReplayCore) -> None:
+        """Serve from ``core``; the staging is bound to the core it was made for."""
+        self._core = core
+        self._staging.clear()
 

@@ -195,6 +195,53 @@ def test_a_file_holds_only_the_written_slots_and_grows_as_the_buffer_fills(tmp_p
 
 
 @pytest.mark.parametrize("storage", ["episode", "transition"])
+@pytest.mark.parametrize("adds", [5, 10, 40])  # no ring wrapped, some (episode storage), all
+def test_written_spans_are_the_prefix_each_stream_has_written(tmp_path, storage, adds):
+    """Counted from the adds: a step takes one slot, plus one more in episode storage when it
+    starts an episode (its first observation); each ring fills from its start."""
+    num_envs, ring = 3, 16
+    buf = ReplayBuffer(num_envs * ring, (3,), (2,), num_envs=num_envs, storage=storage, seed=0)
+    ends_every = (None, 1, 3)  # per stream: one long episode, every step ends, every third
+    written, starts = [0] * num_envs, [True] * num_envs
+    obs = np.zeros((num_envs, 3), np.float32)
+    for t in range(1, adds + 1):
+        next_obs = np.full((num_envs, 3), t, np.float32)
+        ends = np.array([k is not None and t % k == 0 for k in ends_every])
+        buf.add(obs, np.zeros((num_envs, 2)), np.zeros(num_envs), next_obs, ends,
+                np.zeros(num_envs, bool))
+        for e in range(num_envs):
+            written[e] += 1 + (storage == "episode" and starts[e])
+            starts[e] = ends[e]
+        obs = next_obs
+    assert buf._core.stream_state()[0::4] == written
+
+    stride = buf.nbytes // buf.capacity
+    expected = [(e * ring * stride, min(n, ring) * stride) for e, n in enumerate(written)]
+    assert buf._core.written_spans() == expected
+
+    buf.save(tmp_path / "b.npz")
+    with np.load(tmp_path / "b.npz") as f:
+        stored = f["storage"]
+    whole = buf.state_dict()["storage"]
+    assert stored.nbytes == sum(n for _, n in expected)
+    assert np.array_equal(stored, np.concatenate([whole[o:o + n] for o, n in expected]))
+    if max(written) < ring:  # partly filled: the file holds less than the whole block
+        assert stored.nbytes < buf.nbytes
+
+
+def test_load_state_dict_takes_a_files_written_slots_layout(tmp_path):
+    buf, ref, d = filled(adds=3)  # partly filled: the written slots are less than the block
+    buf.save(tmp_path / "b.npz")
+    with np.load(tmp_path / "b.npz") as f:
+        state = {k: f[k] for k in f.files}
+    assert int(state["version"]) == 2 and state["storage"].nbytes < buf.nbytes
+    state["config"] = json.loads(str(state["config"]))
+    other = ReplayBuffer(**CFG, seed=999)
+    other.load_state_dict(state)
+    assert_continues_identically(buf, other, ref, d)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
 def test_version_1_files_with_the_whole_block_still_load(tmp_path, storage):
     buf, ref, d = filled(storage)
     buf.save(tmp_path / "v2.npz")
@@ -323,18 +370,20 @@ def test_save_during_concurrent_adds_writes_loadable_files(tmp_path):
     import threading
 
     buf = ReplayBuffer(4096, (64,), (2,), seed=0, num_envs=2)
-    stop = threading.Event()
+    stop, started = threading.Event(), threading.Event()
 
     def writer():
         t = 0
         while not stop.is_set():
             o = np.full((2, 64), t % 1000, np.float32)
             buf.add(o, np.zeros((2, 2)), np.zeros(2), o + 1, [False, False], [t % 7 == 6] * 2)
+            started.set()
             t += 1
 
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+        started.wait(timeout=60)  # every save then has steps to capture
         for i in range(10):
             buf.save(tmp_path / f"b{i}.npz")
     finally:

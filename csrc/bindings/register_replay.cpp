@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 #include "replay.hpp"
 
 namespace py = pybind11;
+using fastsac::kFloatBytes;
 using fastsac::ReplayConfig;
 using fastsac::ReplayCore;
 
@@ -29,8 +31,14 @@ T* checked(const py::array& a, int64_t nbytes, int64_t itemsize, const char* nam
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// Output arrays for one batch size, checked once and then filled by every sample call: the
-// per-call cost is then an int argument, not five array conversions (~1.4 us per call).
+// A C-contiguous float32 array of exactly `count` values.
+float* checked_floats(const py::array& a, int64_t count, const char* name, bool write) {
+  return checked<float>(a, count * kFloatBytes, kFloatBytes, name, write);
+}
+
+// Output arrays for one batch size, checked once and then filled by every sample call: a call
+// then passes an int instead of converting and checking five arrays, whose cost is a visible
+// share of sampling a small (vector) batch.
 struct Staging {
   py::object core_obj;  // keeps the core alive
   ReplayCore* core;
@@ -54,9 +62,9 @@ Staging make_staging(py::object core_obj, int64_t batch, const py::array& obs,
   fastsac::SampleOut out{
       checked(obs, obs_bytes, obs.itemsize(), "obs", true),
       checked(next_obs, obs_bytes, next_obs.itemsize(), "next_obs", true),
-      checked<float>(action, batch * c.action_dim * 4, 4, "action", true),
-      checked<float>(reward, batch * 4, 4, "reward", true),
-      checked<float>(discount, batch * 4, 4, "discount", true)};
+      checked_floats(action, batch * c.action_dim, "action", true),
+      checked_floats(reward, batch, "reward", true),
+      checked_floats(discount, batch, "discount", true)};
   return Staging{core_obj, core, batch, py::make_tuple(obs, next_obs, action, reward, discount),
                  out};
 }
@@ -118,8 +126,8 @@ void register_replay(py::module_& m) {
             const auto& c = self.config();
             const int64_t n = c.num_envs;
             auto* o = checked(obs, n * c.frame_bytes, obs.itemsize(), "obs", false);
-            auto* a = checked<float>(action, n * c.action_dim * 4, 4, "action", false);
-            auto* r = checked<float>(reward, n * 4, 4, "reward", false);
+            auto* a = checked_floats(action, n * c.action_dim, "action", false);
+            auto* r = checked_floats(reward, n, "reward", false);
             auto* no = checked(next_obs, n * c.frame_bytes, next_obs.itemsize(), "next_obs", false);
             auto* te = checked(terminated, n, 1, "terminated", false);
             auto* tr = checked(truncated, n, 1, "truncated", false);
@@ -133,15 +141,15 @@ void register_replay(py::module_& m) {
       .def_property_readonly("nbytes", &ReplayCore::nbytes)
       .def_property_readonly("stride", &ReplayCore::stride)
       .def(
-          "storage",
+          "slots",
           [](py::object self_obj) {
             auto& self = self_obj.cast<ReplayCore&>();
-            // A writable uint8 view of the whole storage block that keeps the core alive.
+            // A writable uint8 view of every slot's bytes that keeps the core alive.
             return py::array(py::dtype::of<uint8_t>(),
-                             {static_cast<py::ssize_t>(self.storage_bytes())}, {1},
-                             self.storage_data(), self_obj);
+                             {static_cast<py::ssize_t>(self.slots_bytes())}, {1},
+                             self.slots_data(), self_obj);
           },
-          "The raw storage block as a uint8 view (for save/load).")
+          "The slots' raw bytes as one uint8 view (for save/load).")
       .def(
           "locked", [](py::object self) { return CoreLock{self, {}}; },
           "A context manager holding the core's lock (same thread only).")
@@ -150,13 +158,19 @@ void register_replay(py::module_& m) {
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)
+      .def("written_spans", &ReplayCore::written_spans,
+           "Per stream, (offset, bytes) in slots() of the slots it has written (a prefix of its "
+           "ring).")
       .def("rng_state",
            [](const ReplayCore& self) {
              auto s = self.rng_state();
              return std::vector<uint64_t>(s.begin(), s.end());
            })
       .def("set_rng_state", [](ReplayCore& self, const std::vector<uint64_t>& words) {
-        if (words.size() != 4) throw std::invalid_argument("rng state must have 4 words");
-        self.set_rng_state({words[0], words[1], words[2], words[3]});
+        fastsac::Rng::State s;
+        if (words.size() != s.size())
+          throw std::invalid_argument("rng state must have " + std::to_string(s.size()) + " words");
+        std::copy(words.begin(), words.end(), s.begin());
+        self.set_rng_state(s);
       });
 }

@@ -1,5 +1,5 @@
-// Zeroed, lazily committed memory for the replay storage. On Linux large blocks are mapped
-// 2 MiB-aligned with MADV_HUGEPAGE: random sampling over a big buffer is otherwise dominated
+// Zeroed, lazily committed memory holding a replay core's slots. On Linux large blocks are
+// mapped 2 MiB-aligned with MADV_HUGEPAGE: random sampling over a big buffer is otherwise dominated
 // by TLB misses (one page walk per sampled step).
 #pragma once
 #include <cstddef>

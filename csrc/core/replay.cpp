@@ -1,4 +1,4 @@
-// Storage and writing: construction, add(), and the state used by save/load.
+// Construction (the block of slots), writing with add(), and the state used by save/load.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -62,13 +62,14 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   require(cfg_.action_dim <= kMaxField && cfg_.frame_bytes <= kMaxField,
           "action or observation too large");
   const int64_t frames = cfg_.storage == Storage::Episode ? 1 : 2;
-  frame_offset_ = round_up(static_cast<int64_t>(sizeof(SlotHeader)) + 4 * cfg_.action_dim, 16);
+  frame_offset_ =
+      round_up(static_cast<int64_t>(sizeof(SlotHeader)) + kFloatBytes * cfg_.action_dim, 16);
   stride_ = round_up(frame_offset_ + frames * cfg_.frame_bytes, 16);
-  const int64_t slots = cfg_.num_envs * cfg_.ring;
-  require(slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
-  storage_bytes_ = static_cast<size_t>(slots) * static_cast<size_t>(stride_);
+  const int64_t num_slots = cfg_.num_envs * cfg_.ring;
+  require(num_slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
+  slots_bytes_ = static_cast<size_t>(num_slots) * static_cast<size_t>(stride_);
   // Zeroed lazily: a large buffer costs memory as it fills; a save never holds garbage.
-  storage_ = std::make_unique<Memory>(storage_bytes_);
+  slots_ = std::make_unique<Memory>(slots_bytes_);
 }
 
 int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {
@@ -109,7 +110,7 @@ void ReplayCore::add_episode(int64_t env, const uint8_t* obs, const float* actio
   SlotHeader* h = header(env, pos);
   h->reward = reward;
   h->flags = kHasStep | (terminated ? kTerminated : 0u);
-  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  std::memcpy(action_of(env, pos), action, kFloatBytes * cfg_.action_dim);
   ++st.steps;
 
   const int64_t next = open_slot(env, st.cur_first);
@@ -128,7 +129,7 @@ void ReplayCore::add_transition(int64_t env, const uint8_t* obs, const float* ac
   SlotHeader* h = header(env, pos);
   h->reward = reward;
   h->flags = kHasStep | (terminated ? kTerminated : 0u);
-  std::memcpy(action_of(env, pos), action, 4 * cfg_.action_dim);
+  std::memcpy(action_of(env, pos), action, kFloatBytes * cfg_.action_dim);
   std::memcpy(frame_of(env, pos), obs, cfg_.frame_bytes);
   std::memcpy(next_frame_of(env, pos), next_obs, cfg_.frame_bytes);
   ++st.steps;
@@ -199,6 +200,15 @@ void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
     const int64_t* w = &words[e * kStreamStateWords];
     streams_[e] = StreamState{w[0], w[1], w[2], w[3]};
   }
+}
+
+std::vector<std::pair<int64_t, int64_t>> ReplayCore::written_spans() const {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  spans.reserve(streams_.size());
+  for (int64_t e = 0; e < cfg_.num_envs; ++e)
+    spans.emplace_back(e * cfg_.ring * stride_, std::min(streams_[e].count, cfg_.ring) * stride_);
+  return spans;
 }
 
 void ReplayCore::check_integrity() const {

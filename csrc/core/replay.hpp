@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "memory.hpp"
@@ -26,6 +27,10 @@
 namespace fastsac {
 
 enum class Storage : int { Episode = 0, Transition = 1 };
+
+// Actions, rewards and discounts are float32 (numpy's and torch's float32 on both sides).
+static_assert(sizeof(float) == 4, "float must be 4 bytes, as numpy's float32");
+constexpr int64_t kFloatBytes = sizeof(float);
 
 struct ReplayConfig {
   int64_t num_envs = 1;
@@ -54,7 +59,7 @@ constexpr int64_t kOpen = INT64_MAX;
 constexpr uint32_t kHasStep = 1u;
 constexpr uint32_t kTerminated = 2u;
 
-// Per env stream counters; saved with the storage.
+// Per env stream counters; saved with the slots.
 struct StreamState {
   int64_t count = 0;      // positions written so far
   int64_t cur_first = 0;  // first position of the running episode (valid when open)
@@ -93,18 +98,21 @@ class ReplayCore {
   int64_t size() const;            // steps held
   int64_t num_sampleable() const;  // steps sample() can return
   int64_t capacity() const { return cfg_.num_envs * cfg_.ring; }
-  int64_t nbytes() const { return static_cast<int64_t>(storage_bytes_); }
+  int64_t nbytes() const { return static_cast<int64_t>(slots_bytes_); }
   int64_t stride() const { return stride_; }
   const ReplayConfig& config() const { return cfg_; }
 
-  // State for save/load. The storage block is exposed as raw bytes.
-  uint8_t* storage_data() { return storage_->data(); }
-  size_t storage_bytes() const { return storage_bytes_; }
+  // State for save/load. The slots are exposed as one block of raw bytes.
+  uint8_t* slots_data() { return slots_->data(); }
+  size_t slots_bytes() const { return slots_bytes_; }
   std::vector<int64_t> stream_state() const;
   void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
+  // Per stream, the (offset, bytes) of the slots it has written: a ring fills from its start,
+  // so they are a prefix of its ring, and a save writes only these.
+  std::vector<std::pair<int64_t, int64_t>> written_spans() const;
   // Checks that every held header is consistent with the stream counters, so that restored
-  // (possibly corrupt) state cannot make add() or sample() leave the storage block or its
-  // episode. Throws std::invalid_argument.
+  // (possibly corrupt) state cannot make add() or sample() reach outside the slots or a
+  // step's episode. Throws std::invalid_argument.
   void check_integrity() const;
   Rng::State rng_state() const;
   void set_rng_state(const Rng::State& s);  // rejects the all-zero state (a fixed point)
@@ -115,7 +123,7 @@ class ReplayCore {
  private:
   // Record accessors; `pos` is an absolute position of stream `env`.
   uint8_t* record(int64_t env, int64_t pos) const {
-    return storage_->data() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
+    return slots_->data() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
   }
   SlotHeader* header(int64_t env, int64_t pos) const {
     return reinterpret_cast<SlotHeader*>(record(env, pos));
@@ -166,8 +174,8 @@ class ReplayCore {
   ReplayConfig cfg_;
   int64_t frame_offset_ = 0;
   int64_t stride_ = 0;
-  size_t storage_bytes_ = 0;
-  std::unique_ptr<Memory> storage_;
+  size_t slots_bytes_ = 0;
+  std::unique_ptr<Memory> slots_;
   std::vector<StreamState> streams_;
   std::vector<Draw> draws_;  // scratch reused by sample()
   std::vector<Span> spans_;     // scratch reused by sample()
