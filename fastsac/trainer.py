@@ -357,8 +357,8 @@ def train(config: TrainConfig | None = None, resume: str | os.PathLike | None = 
           ) -> TrainResult:
     """Train SAC as ``config`` says (None: the defaults). ``resume``: continue the run in that
     directory from its latest checkpoint; ``config`` (None: the run's own config.json) may then
-    differ from the run's only in ``RESUME_MAY_CHANGE`` (``fastsac.config``). A run directory whose run
-    never reached a checkpoint is started over."""
+    differ from the run's only in ``fastsac.config.RESUME_MAY_CHANGE``. A run directory whose
+    run never reached a checkpoint is started over."""
     return make_trainer(config, resume).run()
 
 

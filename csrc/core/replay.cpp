@@ -151,7 +151,8 @@ void ReplayCore::add(const uint8_t* obs, const float* action, const float* rewar
                      const uint8_t* truncated) {
   // Check everything before writing anything, so a rejected call changes nothing.
   const int64_t frames_bytes = cfg_.num_envs * cfg_.frame_bytes;
-  require(frames_finite(obs, frames_bytes, cfg_.obs_float_bytes), "obs must be finite (no NaN or inf)");
+  require(frames_finite(obs, frames_bytes, cfg_.obs_float_bytes),
+          "obs must be finite (no NaN or inf)");
   require(frames_finite(next_obs, frames_bytes, cfg_.obs_float_bytes),
           "next_obs must be finite (no NaN or inf)");
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
@@ -182,7 +183,8 @@ std::vector<int64_t> ReplayCore::stream_state() const {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   std::vector<int64_t> words;
   words.reserve(streams_.size() * kStreamStateWords);
-  for (const auto& st : streams_) words.insert(words.end(), {st.count, st.cur_first, st.steps, st.open});
+  for (const auto& st : streams_)
+    words.insert(words.end(), {st.count, st.cur_first, st.steps, st.open});
   return words;
 }
 

@@ -150,8 +150,9 @@ class ImageSetup:
         stacked = (STACK * FRAME[0], *FRAME[1:])
         self.fast = ReplayBuffer(sizes.image_capacity, FRAME, ACTION, obs_dtype=np.uint8,
                                  frame_stack=STACK, storage="episode", seed=seed)
-        self.seed = SeedStyleBuffer(stacked, ACTION, sizes.seed_image_capacity)  # float32, as in the tutorial
-        self.seed_u8 = SeedStyleBuffer(stacked, ACTION, sizes.seed_image_capacity, obs_dtype=np.uint8)
+        cap = sizes.seed_image_capacity
+        self.seed = SeedStyleBuffer(stacked, ACTION, cap)  # float32, as in the tutorial
+        self.seed_u8 = SeedStyleBuffer(stacked, ACTION, cap, obs_dtype=np.uint8)
         pool = rng.integers(0, 256, (sizes.frame_pool, *FRAME), dtype=np.uint8)
         back = np.arange(-(STACK - 1), 1)  # frame offsets of a stack, oldest first
 
@@ -317,7 +318,8 @@ def image_fill_row(img: ImageSetup) -> dict:
     return row("image fill (add / store)", "steps/s", 1 / median(f), 1 / median(s),
                lower_is_better=False,
                note=f"seed-style float32 (uint8 layout: {1 / median(u):,.0f} steps/s); stacking "
-                    "the seed-style frames is not timed; first fill of fresh memory (informational)")
+                    "the seed-style frames is not timed; first fill of fresh memory "
+                    "(informational)")
 
 
 # -- the whole suite -----------------------------------------------------------------------
