@@ -3,6 +3,7 @@ the launch overhead of its ~100 small kernels (the GPU update is launch-bound ot
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -13,9 +14,10 @@ from fastsac.batch import Batch
 class GraphedUpdate:
     """Replays ``update_fn`` on static device copies of the batch.
 
-    The first call warms up on a side stream (as CUDA graph capture requires), restores every
-    parameter and optimiser state it touched, captures one update and replays it, so the
-    agent's trajectory is the same as without a graph. The batch shape is then fixed.
+    The first call warms up on a side stream (as CUDA graph capture requires), then restores
+    every parameter and optimiser state it touched and the CUDA random number generator,
+    captures one update and replays it: the agent's trajectory, random draws included, is the
+    one it would have had without a graph. The batch shape is then fixed.
     """
 
     def __init__(self, update_fn: Callable[[Batch], dict], state: Callable[[], list],
@@ -37,20 +39,30 @@ class GraphedUpdate:
         return {k: v.clone() for k, v in self.metrics.items()}  # the next replay reuses them
 
     def _capture(self, batch: Batch) -> None:
-        self.static = Batch(*(b.to(self.device).clone() for b in batch))
-        saved = {id(t): t.detach().clone() for t in self.state()}
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.update_fn(self.static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        with torch.no_grad():  # undo the warm-up steps, in place (the graph keeps addresses)
-            for t in self.state():
-                if id(t) in saved:
-                    t.copy_(saved[id(t)])
-                else:  # optimiser state born in the warm-up: Adam's initial state is zeros
-                    t.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.metrics = self.update_fn(self.static)
+        # The agent's GPU, whichever is current: streams, graph and pools belong to one device.
+        with torch.cuda.device(self.device):
+            self.static = Batch(*(b.to(self.device).clone() for b in batch))
+            saved = {id(t): t.detach().clone() for t in self.state()}
+            rng = torch.cuda.get_rng_state(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                # Capturable optimisers warn when stepped outside a capture, as here on purpose.
+                warnings.filterwarnings("ignore", message=".*capturable=True",
+                                        category=UserWarning)
+                for _ in range(self.warmup):
+                    self.update_fn(self.static)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            with torch.no_grad():  # undo the warm-up, in place (the graph keeps addresses)
+                for t in self.state():
+                    if id(t) in saved:
+                        t.copy_(saved[id(t)])
+                    else:  # optimiser state born in the warm-up: Adam's initial state is zeros
+                        t.zero_()
+            torch.cuda.set_rng_state(rng, self.device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.metrics = self.update_fn(self.static)
+            # Replays draw from the generator's state when they run: start them where the
+            # warm-up started, as the update without a graph would.
+            torch.cuda.set_rng_state(rng, self.device)

@@ -12,6 +12,10 @@ from collections.abc import Iterable
 import torch
 
 
+# How an optimiser runs, not what it has learned: kept when a state is loaded.
+_RUN_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+
+
 class FusedAdam:
     """A ``torch.optim.Adam(fused=True)`` that steps through the same kernel directly.
 
@@ -42,7 +46,43 @@ class FusedAdam:
         return self.optim.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optim.load_state_dict(state)  # step() sees the new state tensors and re-caches
+        """Load ``state``'s hyper-parameters, moments and step counts, but keep how this
+        optimiser runs (``_RUN_FLAGS``): a checkpoint of a CUDA-graph run (capturable) loads
+        into a plain agent and back.
+
+        Where this optimiser already holds state of the same shapes, the loaded values are
+        copied into its tensors: a captured CUDA graph holds their addresses and keeps stepping
+        them. Otherwise torch's own load replaces them (``step`` re-caches).
+        """
+        (group,) = self.optim.param_groups
+        flags = {k: group[k] for k in _RUN_FLAGS if k in group}
+        groups = [{**g, **flags} for g in state["param_groups"]]
+        state = {**state, "param_groups": groups}
+        if not self._copy_into_state(state):
+            self.optim.load_state_dict(state)
+
+    def _copy_into_state(self, state: dict) -> bool:
+        """Copy ``state`` into the existing state tensors if it matches them one for one."""
+        (group,) = self.optim.param_groups
+        params = group["params"]
+        if len(state["param_groups"]) != 1 or state["param_groups"][0]["params"] \
+                != list(range(len(params))):
+            return False
+        pairs = []
+        for i, p in enumerate(params):
+            mine, theirs = self.optim.state.get(p), state["state"].get(i)
+            if not mine or not theirs or mine.keys() != theirs.keys():
+                return False
+            for k, t in mine.items():
+                if not isinstance(t, torch.Tensor) or not isinstance(theirs[k], torch.Tensor) \
+                        or t.shape != theirs[k].shape:
+                    return False
+                pairs.append((t, theirs[k]))
+        with torch.no_grad():
+            for t, loaded in pairs:
+                t.copy_(loaded)
+        group.update({k: v for k, v in state["param_groups"][0].items() if k != "params"})
+        return True
 
     def step(self) -> None:
         if len(self.optim.param_groups) != 1:

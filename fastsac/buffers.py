@@ -217,6 +217,10 @@ class ReplayBuffer:
         if staging is None:
             staging = self._new_staging(batch_size)
         if self._on_cpu:
+            if self.pin_memory:
+                # The last batch may still be in a non-blocking copy out of this staging (a
+                # CUDA learner's); it cannot be told which, so wait for the GPU's queued work.
+                torch.cuda.synchronize()
             staging.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
             return staging.host
         with staging.lock:

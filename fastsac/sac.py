@@ -212,6 +212,9 @@ class SAC:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` into this agent's tensors; the optimisers keep how they run
+        (fused, capturable), whatever agent the state comes from."""
+        before = [id(t) for t in self._mutable_state()]
         for k, m in self.modules.items():
             m.load_state_dict(state["modules"][k])
         with torch.no_grad():
@@ -221,6 +224,10 @@ class SAC:
         if self.alpha_optim is not None:
             self.alpha_optim.load_state_dict(state["optim"]["alpha"])
         self.updates = int(state["updates"])
+        if self._graphed is not None and before != [id(t) for t in self._mutable_state()]:
+            # New optimiser state tensors (there were none of these shapes to copy into): a
+            # captured graph would go on stepping the old ones, so capture again.
+            self._graphed = GraphedUpdate(self._update, self._mutable_state, self.device)
 
     def save(self, path: str | os.PathLike) -> None:
         """Everything needed to continue training, written atomically."""
@@ -229,12 +236,15 @@ class SAC:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAC:
-        """Read an agent written by :meth:`save` (``weights_only``: no code is unpickled)."""
+        """Read an agent written by :meth:`save` (``weights_only``: no code is unpickled).
+        An agent trained with ``cuda_graph`` loads on a device without CUDA with it off."""
         try:
             state = torch.load(path, map_location=device, weights_only=True)
             check_state(state)
-            agent = cls(state["obs_shape"], state["action_shape"],
-                        SACConfig(**state["config"]), device)
+            config = SACConfig(**state["config"])
+            if torch.device(device).type != "cuda":
+                config = dataclasses.replace(config, cuda_graph=False)
+            agent = cls(state["obs_shape"], state["action_shape"], config, device)
             agent.load_state_dict(state)
         except FileNotFoundError:
             raise

@@ -413,6 +413,23 @@ def test_cpu_staging_is_not_pinned_and_pinning_needs_cuda():
             ReplayBuffer(8, (1,), (1,), pin_memory=True)
 
 
+def test_pinned_cpu_staging_waits_for_the_gpu_before_it_is_refilled(monkeypatch):
+    """A CUDA learner copies a CPU buffer's batch out of pinned staging without blocking, and
+    the next sample refills that staging: it must wait for the GPU's queued work first. (The
+    pinning is faked here: a CPU build of torch cannot pin.)"""
+    buf = counting_buffer()
+    buf.sample(8)  # its staging, unpinned
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: events.append("wait"))
+    buf.pin_memory = True  # what ReplayBuffer(pin_memory=True) holds on a GPU machine
+    staging = buf._staging[8]
+    fill = staging.fill
+    staging.fill = lambda threads: events.append("fill") or fill(threads)
+    for _ in range(3):
+        buf.sample(8)
+    assert events == ["wait", "fill"] * 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_equal_cpu_batches_and_stay_valid():
     cpu, gpu = counting_buffer("cpu"), counting_buffer("cuda")

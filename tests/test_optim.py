@@ -85,3 +85,36 @@ def test_fused_adam_refuses_several_parameter_groups():
     opt.optim.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
     with pytest.raises(ValueError, match="one parameter group"):
         opt.step()
+
+
+@pytest.mark.parametrize("saved_capturable", [False, True])
+def test_a_loaded_state_keeps_how_the_optimiser_runs(saved_capturable):
+    """A checkpoint of a CUDA-graph run (capturable) loads into a plain agent, and back."""
+    src = FusedAdam(_params(3), lr=1e-2, capturable=saved_capturable)
+    _grads(src.optim.param_groups[0]["params"], 0)
+    src.step()
+    opt = FusedAdam(_params(3), lr=1e-3, capturable=not saved_capturable)
+    opt.load_state_dict(copy.deepcopy(src.state_dict()))
+    group = opt.optim.param_groups[0]
+    assert group["capturable"] is (not saved_capturable) and group["fused"] is True
+    assert group["lr"] == 1e-2  # hyper-parameters are loaded
+
+
+def test_a_loaded_state_is_copied_into_the_existing_tensors():
+    """A captured CUDA graph holds the addresses of Adam's state: a load must not replace it."""
+    ours, theirs, ref_params = _params(4), _params(5), _params(5)
+    opt, other = FusedAdam(ours, lr=1e-2), FusedAdam(theirs, lr=1e-2)
+    ref = torch.optim.Adam(ref_params, lr=1e-2, fused=True)
+    for step in range(2):
+        _grads(ours, step), _grads(theirs, 10 + step), _grads(ref_params, 10 + step)
+        opt.step(), other.step(), ref.step()
+    before = [t for st in opt.state.values() for t in st.values()]
+    opt.load_state_dict(copy.deepcopy(other.state_dict()))
+    after = [t for st in opt.state.values() for t in st.values()]
+    assert all(a is b for a, b in zip(before, after)) and len(before) == len(after)
+    for p, q in zip(ours, theirs):
+        p.data.copy_(q.data)
+    for step in range(2, 5):  # and it goes on exactly as torch's Adam with that state
+        _grads(ours, step), _grads(ref_params, step)
+        opt.step(), ref.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, ref_params)), step

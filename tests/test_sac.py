@@ -301,23 +301,82 @@ def test_cuda_graph_needs_cuda():
         SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, cuda_graph=True), device="cpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_update_equals_the_ungraphed_update():
-    # log_std pinned to -20: the policy is deterministic to ~1e-9, so both agents see the
-    # same actions whatever random numbers the graph's RNG draws.
-    cfg = dict(hidden=HIDDEN, log_std_min=-20.0, log_std_max=-20.0)
+def test_a_cuda_graph_checkpoint_loads_on_the_cpu_with_the_graph_off(tmp_path):
+    """A GPU-trained agent can be evaluated on a machine without CUDA."""
+    torch.manual_seed(8)
+    agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, compile="none"))
+    agent.update(fixed_batch(0))
+    state = agent.state_dict()
+    state["config"]["cuda_graph"] = True  # as a cuda_graph agent writes it (optimiser flags
+    for group in state["optim"]["critic"]["param_groups"]:  # included)
+        group["capturable"] = True
+    torch.save(state, tmp_path / "graphed.pt")
+    loaded = SAC.load(tmp_path / "graphed.pt", "cpu")
+    assert loaded.config.cuda_graph is False
+    assert loaded.critic_optim.optim.param_groups[0]["capturable"] is False
+    obs = np.random.default_rng(0).standard_normal((4, OBS)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, True), agent.act(obs, True))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _plain_and_graphed(device="cuda", **cfg):
+    cfg = dict(hidden=HIDDEN, **cfg)
     torch.manual_seed(10)
-    plain = SAC((OBS,), (ACT,), SACConfig(**cfg), device="cuda")
+    plain = SAC((OBS,), (ACT,), SACConfig(**cfg), device=device)
     torch.manual_seed(10)
-    graphed = SAC((OBS,), (ACT,), SACConfig(**cfg, cuda_graph=True), device="cuda")
-    for seed in range(5):
-        batch = Batch(*(t.cuda() for t in fixed_batch(seed)))
-        m1, m2 = plain.update(batch), graphed.update(batch)
+    graphed = SAC((OBS,), (ACT,), SACConfig(**cfg, cuda_graph=True), device=device)
+    return plain, graphed
+
+
+def _update_both(plain, graphed, seeds, device="cuda"):
+    """Each update of each agent starts from the same RNG seed, so they draw the same noise."""
+    for seed in seeds:
+        batch = Batch(*(t.to(device) for t in fixed_batch(seed % 7)))
+        torch.manual_seed(seed)
+        m1 = plain.update(batch)
+        torch.manual_seed(seed)
+        m2 = graphed.update(batch)
         for k in m1:
-            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5, msg=f"{k}, {seed}")
+
+
+def _assert_same_parameters(a, b):
     for name in ("actor", "critic", "critic_target"):
-        for p1, p2 in zip(plain.modules[name].parameters(), graphed.modules[name].parameters()):
+        for p1, p2 in zip(a.modules[name].parameters(), b.modules[name].parameters()):
             torch.testing.assert_close(p1, p2, rtol=1e-4, atol=1e-5)
-    assert graphed.updates == 5
+
+
+@CUDA
+def test_cuda_graph_update_equals_the_ungraphed_update():
+    """50 updates with the default (random) policy noise; the warm-up before capture must
+    neither warn (pytest turns warnings into errors) nor consume the generator's numbers."""
+    plain, graphed = _plain_and_graphed()
+    _update_both(plain, graphed, range(50))
+    _assert_same_parameters(plain, graphed)
+    assert graphed.updates == 50
     with pytest.raises(ValueError, match="shape"):
         graphed.update(Batch(*(t[:8].cuda() for t in fixed_batch(0))))
+
+
+@CUDA
+def test_loading_a_state_into_a_captured_graph_is_what_the_graph_steps():
+    plain, graphed = _plain_and_graphed()
+    _update_both(plain, graphed, range(5))  # captured
+    torch.manual_seed(11)
+    other = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cuda")
+    other.update(Batch(*(t.cuda() for t in fixed_batch(3))))
+    state = other.state_dict()
+    plain.load_state_dict(state)
+    graphed.load_state_dict(state)
+    _update_both(plain, graphed, range(5, 15))
+    _assert_same_parameters(plain, graphed)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
+    torch.cuda.set_device(0)
+    plain, graphed = _plain_and_graphed(device="cuda:1")
+    _update_both(plain, graphed, range(5), device="cuda:1")
+    _assert_same_parameters(plain, graphed)

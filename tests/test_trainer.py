@@ -21,10 +21,10 @@ TINY = SACConfig(hidden=(16, 16))
 
 
 def quick(tmp_path, **kw) -> TrainConfig:
-    """A config that trains for seconds."""
+    """A config that trains for seconds, on the CPU (where resumes repeat runs bit for bit)."""
     cfg = dict(env="Pendulum-v1", total_steps=400, learning_starts=100, batch_size=32,
                buffer_size=2_000, eval_every=0, eval_episodes=0, log_every=100,
-               checkpoint_every=0,
+               checkpoint_every=0, device="cpu",  # the tests read batches with .numpy()
                progress=False, run_dir=str(tmp_path / "run"), sac=TINY)
     return TrainConfig(**{**cfg, **kw})
 
@@ -100,7 +100,7 @@ def test_cli_vector_run_writes_outputs_that_parse(tmp_path):
     assert main(["train", "--env", "Pendulum-v1", "--total-steps", "300",
                  "--learning-starts", "100", "--batch-size", "32", "--hidden", "16", "16",
                  "--eval-every", "200", "--eval-episodes", "1", "--log-every", "100",
-                 "--run-dir", str(run), "--no-progress"]) == 0
+                 "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
     cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert cfg.total_steps == 300 and cfg.sac.hidden == (16, 16) and cfg.env == "Pendulum-v1"
     m = read_metrics(run / "metrics.csv")
@@ -119,7 +119,7 @@ def test_cli_pixel_run_with_several_envs_and_frame_stack(tmp_path):
                  "--frame-stack", "3", "--total-steps", "120", "--learning-starts", "80",
                  "--batch-size", "8", "--hidden", "16", "16", "--feature-dim", "8",
                  "--eval-episodes", "1", "--log-every", "40", "--run-dir", str(run),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--device", "cpu"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["num_envs"] == 2 and cfg["frame_stack"] == 3
     m = read_metrics(run / "metrics.csv")
@@ -136,7 +136,7 @@ def test_cli_mujoco_pixels(tmp_path, monkeypatch):
                  "--total-steps", "40", "--learning-starts", "30", "--batch-size", "4",
                  "--buffer-size", "1000", "--hidden", "16", "16", "--feature-dim", "8",
                  "--eval-every", "20", "--eval-episodes", "1",
-                 "--run-dir", str(run), "--no-progress"]) == 0
+                 "--run-dir", str(run), "--no-progress", "--device", "cpu"]) == 0
     buf = ReplayBuffer.load(run / "checkpoints" / "buffer-40.npz")
     assert buf.obs_shape == (3, 84, 84) and buf.stacked_obs_shape == (9, 84, 84)
     frames = np.concatenate([buf.sample(32).next_obs.numpy() for _ in range(10)])
@@ -158,7 +158,7 @@ def test_cli_rejects_bad_options_by_name_before_writing_anything(tmp_path, capsy
 def test_cli_refuses_a_run_dir_holding_a_run_and_resume_with_run_dir(tmp_path, capsys):
     run = str(tmp_path / "r")
     args = ["--total-steps", "150", "--learning-starts", "100", "--hidden", "8",
-            "--eval-episodes", "0", "--run-dir", run, "--no-progress"]
+            "--eval-episodes", "0", "--run-dir", run, "--no-progress", "--device", "cpu"]
     assert main(["train", *args]) == 0
     assert main(["train", *args]) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -366,7 +366,7 @@ def test_the_trainers_policy_sees_the_stacks_the_buffer_samples(tmp_path, monkey
 def test_sac_learns_the_builtin_pixel_task(tmp_path):
     r = train(TrainConfig(env="fastsac/PointMass-v0", total_steps=2_000, learning_starts=500,
                           batch_size=64, eval_every=0, eval_episodes=10, checkpoint_every=0,
-                          progress=False, run_dir=str(tmp_path / "run")))
+                          progress=False, run_dir=str(tmp_path / "run"), device="cpu"))
     random_return = random_policy_return("fastsac/PointMass-v0", seed=0)  # about -40
     (learned,) = r.eval_returns.values()
     assert learned > 0.5 * random_return, (learned, random_return)
@@ -375,7 +375,7 @@ def test_sac_learns_the_builtin_pixel_task(tmp_path):
 def test_cli_resume_accepts_repeated_options_and_refuses_changed_ones(tmp_path, capsys):
     run = str(tmp_path / "r")
     base = ["--hidden", "8", "--learning-starts", "100", "--batch-size", "32",
-            "--eval-episodes", "0", "--log-every", "100", "--no-progress"]
+            "--eval-episodes", "0", "--log-every", "100", "--no-progress", "--device", "cpu"]
     assert main(["train", "--num-envs", "2", "--total-steps", "200", "--run-dir", run,
                  *base]) == 0
     assert main(["train", "--num-envs", "3", "--resume", run, "--total-steps", "300"]) == 2
@@ -426,3 +426,9 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
     train(quick(tmp_path, num_envs=2, eval_every=200, eval_episodes=1))
     assert len(made) == 3  # two training envs and one evaluation env, for two evaluations
     assert all(any(e is c for c in closed) for e in made)
+
+
+def test_these_tests_train_on_the_cpu_even_where_cuda_is_available(tmp_path, monkeypatch):
+    """Their bit-exact resumes and .numpy() reads hold on the CPU; "auto" would pick a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer_module._resolve_device(quick(tmp_path).device).type == "cpu"
