@@ -42,6 +42,15 @@ def check_state(state) -> None:
         raise ValueError(f"format version {state.get('version')}, expected {VERSION}")
 
 
+class _ActStaging:
+    """Pinned host memory for one observation batch shape of ``act`` on CUDA."""
+
+    def __init__(self, shape: tuple[int, ...], obs_dtype: torch.dtype, action_dim: int):
+        self.obs = torch.empty(shape, dtype=obs_dtype, pin_memory=True)
+        self.action = torch.empty((shape[0], action_dim), pin_memory=True)
+        self.done = torch.cuda.Event()
+
+
 class SAC:
     """Soft Actor-Critic on vector observations, or on uint8 (C, H, W) images (DrQ-style:
     a shared conv encoder trained by the critic, random-shift augmentation).
@@ -95,7 +104,7 @@ class SAC:
     # Views of the modules above, rebuilt rather than copied: a copy (deepcopy, pickle) must
     # not share or split parameters with the original.
     _COMPILED = ("encoder", "actor", "critic", "critic_target")
-    _DERIVED = (*_COMPILED, "_numpy_actor", "_graphed")
+    _DERIVED = (*_COMPILED, "_numpy_actor", "_graphed", "_act_staging")
 
     def _build_derived(self) -> None:
         for name in self._COMPILED:  # compiled views share their parameters with the modules
@@ -105,6 +114,7 @@ class SAC:
             if self.device.type == "cpu" and not self.pixels else None
         self._graphed = GraphedUpdate(self._update, self._mutable_state, self.device) \
             if self.config.cuda_graph else None
+        self._act_staging: dict[tuple, _ActStaging] = {}  # CUDA: by observation batch shape
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
@@ -121,6 +131,8 @@ class SAC:
                 return self._numpy_actor(obs, deterministic).reshape(self.action_shape)
             if np.ndim(obs) == len(self.obs_shape) + 1 and len(obs) == 1:  # one env's batch
                 return self._numpy_actor(obs[0], deterministic).reshape(1, *self.action_shape)
+        if self.device.type == "cuda":
+            return self._act_cuda(obs, deterministic)
         with torch.inference_mode():  # every op here is per env step: kept to the minimum
             x = torch.as_tensor(obs, device=self.device)
             single = x.dim() == len(self.obs_shape)
@@ -129,6 +141,27 @@ class SAC:
             action = self.actor.act(self.encoder(x), deterministic).cpu().numpy()
         if len(self.action_shape) != 1:
             action = action.reshape(-1, *self.action_shape)
+        return action[0] if single else action
+
+    def _act_cuda(self, obs, deterministic: bool) -> np.ndarray:
+        """On CUDA: the observations go through pinned host memory with a non-blocking copy,
+        the action comes back the same way, and the host waits once, for the action."""
+        obs = np.asarray(obs)
+        single = obs.ndim == len(self.obs_shape)
+        rows = obs[None] if single else obs
+        staging = self._act_staging.get(rows.shape)
+        if staging is None:
+            staging = self._act_staging[rows.shape] = _ActStaging(
+                rows.shape, torch.uint8 if self.pixels else torch.float32,
+                math.prod(self.action_shape))
+        np.copyto(staging.obs.numpy(), rows, casting="unsafe")  # the previous copy is done
+        with torch.inference_mode():
+            x = staging.obs.to(self.device, non_blocking=True)
+            staging.action.copy_(self.actor.act(self.encoder(x), deterministic),
+                                 non_blocking=True)
+            staging.done.record(torch.cuda.current_stream(self.device))
+        staging.done.synchronize()
+        action = staging.action.numpy().reshape(-1, *self.action_shape).copy()
         return action[0] if single else action
 
     # -- learning -------------------------------------------------------------------------

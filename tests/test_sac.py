@@ -380,3 +380,25 @@ def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
     plain, graphed = _plain_and_graphed(device="cuda:1")
     _update_both(plain, graphed, range(5), device="cuda:1")
     _assert_same_parameters(plain, graphed)
+
+
+@CUDA
+def test_act_on_cuda_equals_act_on_the_cpu():
+    """act() on CUDA goes through pinned staging reused between calls: each call's action is
+    its own, for one observation and for a batch, vector and pixels."""
+    for obs_shape, dtype in (((OBS,), np.float32), ((9, 84, 84), np.uint8)):
+        cfg = SACConfig(hidden=HIDDEN, feature_dim=8)
+        torch.manual_seed(12)
+        gpu = SAC(obs_shape, (ACT,), cfg, device="cuda")
+        torch.manual_seed(12)
+        cpu = SAC(obs_shape, (ACT,), cfg, device="cpu")
+        rng = np.random.default_rng(0)
+        obs = (rng.integers(0, 256, (5, *obs_shape)) if dtype == np.uint8
+               else rng.standard_normal((5, *obs_shape))).astype(dtype)
+        first, batch = gpu.act(obs[0], True), gpu.act(obs, True)
+        second = gpu.act(obs[1], True)
+        assert first.shape == (ACT,) and batch.shape == (5, ACT)
+        np.testing.assert_allclose(first, cpu.act(obs[0], True), atol=1e-4)
+        np.testing.assert_allclose(second, cpu.act(obs[1], True), atol=1e-4)
+        np.testing.assert_allclose(batch, cpu.act(obs, True), atol=1e-4)
+        assert np.all(np.abs(gpu.act(obs)) <= 1)
