@@ -74,3 +74,16 @@ def test_bench_train_quick(tmp_path, monkeypatch, capsys):
     assert "update" in rows[1]["note"] and "render" in rows[1]["note"]
     assert "training steps/s" in capsys.readouterr().out
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch):
+    """Without a GPU, --quick is a dry run of the GPU bench's code on the CPU."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "gpu.json"
+    assert cli.main(["bench", "gpu", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    cases = [r["case"].split(" on ")[0].split(" to ")[0] for r in rows]
+    assert cases[:2] == ["SAC update/s"] * 2  # eager and TorchScript (and a graph on CUDA)
+    assert {"vector sample(256)", "image sample(256)", "pixel update/s"} <= set(cases)
+    for r in rows:
+        assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r

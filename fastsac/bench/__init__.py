@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastsac.bench import buffer, train, update
+from fastsac.bench import buffer, gpu, train, update
 from fastsac.bench._util import machine, start_clock
 
 BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
@@ -18,6 +18,8 @@ BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
     "update": ("SAC learner: updates per second and act() latency", update.run),
     "train": ("end-to-end training on HalfCheetah-v5, vector and pixels (needs the mujoco "
               "extra)", train.run),
+    "gpu": ("the CUDA path: updates, sampling to the GPU, pixel updates, end-to-end training "
+            "(needs a GPU; --quick runs on the CPU)", gpu.run),
 }
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from fastsac.bench._util import cpus, interleaved, log, median, row, spread
 from fastsac.bench.seed_style import SeedStyleBuffer
@@ -95,10 +96,11 @@ def episodes_to_fill(capacity: int) -> int:
 class VectorSetup:
     """Full 1M x 17 buffers (fastsac, episode storage; seed-style float32)."""
 
-    def __init__(self, sizes: Sizes, seed: int = 0) -> None:
+    def __init__(self, sizes: Sizes, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.sizes = sizes
         rng = np.random.default_rng(seed)
-        self.fast = ReplayBuffer(sizes.vector_capacity, VEC_OBS, ACTION, seed=seed)
+        self.fast = ReplayBuffer(sizes.vector_capacity, VEC_OBS, ACTION, seed=seed,
+                                 device=device)
         self.seed = SeedStyleBuffer(VEC_OBS, ACTION, sizes.vector_capacity)
 
         def episode(e: int, for_seed: bool) -> tuple:
@@ -144,12 +146,12 @@ class ImageSetup:
     """fastsac 3x84x84 uint8 frames, frame_stack 3, episode storage; seed-style pre-stacked
     9x84x84 float32 (its code) and uint8 (its advice) at a capacity that fits in RAM."""
 
-    def __init__(self, sizes: Sizes, seed: int = 0) -> None:
+    def __init__(self, sizes: Sizes, seed: int = 0, device: str | torch.device = "cpu") -> None:
         self.sizes = sizes
         rng = np.random.default_rng(seed)
         stacked = (STACK * FRAME[0], *FRAME[1:])
         self.fast = ReplayBuffer(sizes.image_capacity, FRAME, ACTION, obs_dtype=np.uint8,
-                                 frame_stack=STACK, storage="episode", seed=seed)
+                                 frame_stack=STACK, storage="episode", seed=seed, device=device)
         cap = sizes.seed_image_capacity
         self.seed = SeedStyleBuffer(stacked, ACTION, cap)  # float32, as in the tutorial
         self.seed_u8 = SeedStyleBuffer(stacked, ACTION, cap, obs_dtype=np.uint8)

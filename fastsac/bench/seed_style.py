@@ -133,21 +133,22 @@ class _SeedStylePolicy(nn.Module):
 class SeedStyleSAC:
     """The tutorial's SAC learner: two separate Q modules, ``torch.distributions.Normal``,
     ``log(1 - a^2 + 1e-7)``, Adam lr 1e-4, fixed alpha 0.2, ``.item()`` of both losses every
-    update and a Python-loop Polyak average. ``learn`` takes a :class:`SeedStyleBuffer` batch."""
+    update and a Python-loop Polyak average. ``learn`` takes a :class:`SeedStyleBuffer` batch
+    and moves it to ``device``, as the tutorial's code does."""
 
     def __init__(self, state_dim, action_dim, hidden_dims=(256, 256), policy_lr=1e-4,
-                 critic_lr=1e-4, gamma=0.99, tau=0.005, alpha=0.2):
-        self.gamma, self.tau, self.alpha = gamma, tau, alpha
-        self.policy = _SeedStylePolicy(state_dim, action_dim, hidden_dims)
-        self.critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims)
-        self.target_critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims)
+                 critic_lr=1e-4, gamma=0.99, tau=0.005, alpha=0.2, device="cpu"):
+        self.gamma, self.tau, self.alpha, self.device = gamma, tau, alpha, device
+        self.policy = _SeedStylePolicy(state_dim, action_dim, hidden_dims).to(device)
+        self.critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims).to(device)
+        self.target_critic = _SeedStyleDoubleQ(state_dim, action_dim, hidden_dims).to(device)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=policy_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
 
     @torch.no_grad()
     def act(self, s, training=True):
-        s = torch.as_tensor(s, dtype=torch.float)
+        s = torch.as_tensor(s, dtype=torch.float, device=self.device)
         mu, std = self.policy(s)
         z = torch.normal(mu, std) if training else mu
         return torch.tanh(z).cpu().numpy()
@@ -161,7 +162,7 @@ class SeedStyleSAC:
         return a, log_prob.sum(1, keepdim=True)
 
     def learn(self, batch):
-        s, a, r, s_prime, done = batch
+        s, a, r, s_prime, done = (t.to(self.device) for t in batch)
         with torch.no_grad():
             a_prime, log_prob_prime = self.sample_action(s_prime)
             next_q = torch.min(*self.target_critic(s_prime, a_prime))

@@ -29,9 +29,9 @@ ENV = "HalfCheetah-v5"
 SEED_1M_SECONDS = 1 * 3600 + 53 * 60 + 40  # the tutorial's reported 1M-step run: 1:53:40
 
 
-def _trainer(run_dir: Path, **kw) -> Trainer:
+def _trainer(run_dir: Path, device: str = "cpu", **kw) -> Trainer:
     cfg = TrainConfig(env=ENV, progress=False, eval_episodes=0, checkpoint_every=0,
-                      run_dir=str(run_dir), **kw)
+                      run_dir=str(run_dir), device=device, **kw)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         trainer = Trainer(cfg, run_dir)
@@ -42,12 +42,12 @@ def _trainer(run_dir: Path, **kw) -> Trainer:
 class SeedLoop:
     """The tutorial's training step: act, env step, store, then one learn call on a batch."""
 
-    def __init__(self, batch_size: int, learning_starts: int):
+    def __init__(self, batch_size: int, learning_starts: int, device: str = "cpu"):
         self.env = gym.make(ENV)
         self.obs, _ = self.env.reset(seed=0)
         dims = self.env.observation_space.shape[0], self.env.action_space.shape[0]
         self.buffer = SeedStyleBuffer(*dims, 1_000_000)
-        self.agent = SeedStyleSAC(*dims)
+        self.agent = SeedStyleSAC(*dims, device=device)
         self.batch_size = batch_size
         for _ in range(learning_starts):
             self.step(self.env.action_space.sample(), learn=False)

@@ -19,9 +19,11 @@ OBS, ACT, BATCH, CAPACITY = 17, 6, 256, 100_000
 FLOP_PER_UPDATE = 0.66e9  # forward and backward passes of one update at these sizes
 
 
-def _buffers(steps: int, seed: int = 0) -> tuple[ReplayBuffer, SeedStyleBuffer]:
+def buffers(steps: int, seed: int = 0, device: str | torch.device = "cpu"
+            ) -> tuple[ReplayBuffer, SeedStyleBuffer]:
+    """fastsac's and the seed-style buffer, holding the same ``steps`` random steps."""
     rng = np.random.default_rng(seed)
-    fast = ReplayBuffer(CAPACITY, (OBS,), (ACT,), seed=seed)
+    fast = ReplayBuffer(CAPACITY, (OBS,), (ACT,), seed=seed, device=device)
     slow = SeedStyleBuffer(OBS, ACT, CAPACITY)
     obs = rng.standard_normal((steps + 1, OBS)).astype(np.float32)
     act = rng.uniform(-1, 1, (steps, ACT)).astype(np.float32)
@@ -36,7 +38,7 @@ def _buffers(steps: int, seed: int = 0) -> tuple[ReplayBuffer, SeedStyleBuffer]:
 def run(quick: bool = False) -> list[dict]:
     torch.manual_seed(0)
     blocks, calls = (3, 5) if quick else (15, 20)
-    fast_buf, seed_buf = _buffers(2_000 if quick else 10_000)
+    fast_buf, seed_buf = buffers(2_000 if quick else 10_000)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
         agent = SAC((OBS,), (ACT,), SACConfig(compile="jit"))

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU and a CUDA build of torch, builds fastsac, runs
+# the whole test suite (the CUDA tests included), then `fastsac bench gpu`, which times the
+# CUDA path next to the seed-style learner and loop on the same GPU.
+#
+# Prepare once where the registries are reachable: benchmarks/gpu_prepare.sh (fills .whl/ and
+# .gl/). Then through the device tool: command "benchmarks/gpu_check.sh", carry [".whl", ".gl"],
+# timeout_s 540. The log and the bench's rows (JSON) go to $OUT (default /tmp/gpu_check).
+# PYTHON picks the interpreter (default python3, which holds torch on those machines).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-/tmp/gpu_check}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+exec > >(tee "$out/gpu_check.log") 2>&1
+cd "$repo"
+export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+
+if [ -d .gl ] && ! ldconfig -p | grep -q libEGL.so.1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+[ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
+
+site=/tmp/fastsac-site
+export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+if ! "$py" -c "import gymnasium, mujoco" 2>/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" .whl/*.whl || exit 1
+fi
+echo "+ building fastsac"
+"$py" -m pip install -q --no-build-isolation --no-deps --no-index --upgrade --target "$site" . \
+  || exit 1
+nvidia-smi -L 2>/dev/null
+cd /tmp  # so that the source tree does not shadow the installed package
+"$py" -c "import torch, fastsac; print('torch', torch.__version__, 'cuda',
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, fastsac.__file__)"
+
+echo "+ tests"
+timeout 270 "$py" -m pytest -q -p no:cacheprovider -c "$repo/pyproject.toml" \
+  --rootdir "$repo" "$repo/tests"
+tests=$?
+echo "+ fastsac bench gpu ${BENCH_ARGS:-}"
+timeout 330 "$py" -m fastsac bench gpu ${BENCH_ARGS:-} --json "$out/bench_gpu.json"
+bench=$?
+echo "tests exit $tests, bench exit $bench"
+[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -1,0 +1,164 @@
+"""``fastsac bench gpu``: the CUDA path next to the seed-style learner and loop on the same GPU,
+each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` runs it).
+
+- updates/s at HalfCheetah shapes (obs 17, action 6, 256x256, batch 256), sampled from a
+  ``device="cuda"`` buffer: fastsac eager, TorchScript, TorchScript + CUDA graph, and the
+  seed-style learner fed by its numpy buffer;
+- ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3), against the
+  seed-style buffer's batch moved to the GPU;
+- pixel updates/s (84x84, stack 3, batch 256), eager and CUDA graph;
+- end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
+  fastsac's loop with a CUDA graph against the seed-style loop on the same GPU.
+
+Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is counted.
+``--quick`` uses tiny sizes and, without a GPU, runs on the CPU: it checks the code, not speed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fastsac.batch import Batch
+from fastsac.bench import buffer as bench_buffer
+from fastsac.bench import train as bench_train
+from fastsac.bench import update as bench_update
+from fastsac.bench._util import interleaved, log, median, row
+from fastsac.bench.seed_style import SeedStyleSAC
+from fastsac.bench.update import ACT, BATCH, OBS
+from fastsac.config import SACConfig
+from fastsac.sac import SAC
+
+
+def _synced(fn: Callable[[], object], n: int, device: torch.device) -> Callable[[], None]:
+    """``n`` calls of ``fn``, then a wait for the GPU: one timed block's worth."""
+    def block() -> None:
+        for _ in range(n):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return block
+
+
+def _update_rows(device: torch.device, quick: bool) -> list[dict]:
+    fast_buf, seed_buf = bench_update.buffers(2_000 if quick else 20_000, device=device)
+    configs = {"eager": SACConfig(compile="none"), "jit": SACConfig(compile="jit")}
+    if device.type == "cuda":
+        configs["graph"] = SACConfig(compile="jit", cuda_graph=True)
+    agents = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        for name, cfg in configs.items():
+            torch.manual_seed(0)
+            agents[name] = SAC((OBS,), (ACT,), cfg, device)
+    seed = SeedStyleSAC(OBS, ACT, device=device)
+    n, blocks = (5, 3) if quick else (100, 10)
+    fns = {k: _synced(lambda a=a: a.update(fast_buf.sample(BATCH)), n, device)
+           for k, a in agents.items()}
+    fns["seed"] = _synced(lambda: seed.learn(seed_buf.sample(BATCH)), n, device)
+    log(f"gpu: timing updates on {device} ({', '.join(fns)})")
+    t = interleaved(fns, calls=1, blocks=blocks)
+    ups = {k: n / median(v) for k, v in t.items()}
+    best = max(agents, key=ups.get)
+    return [row(f"SAC update/s on {device}, {k} (sample + update, batch {BATCH})", "1/s",
+                ups[k], ups["seed"], lower_is_better=False,
+                note=f"best: {best}" if k == best else "") for k in agents]
+
+
+def _sample_rows(device: torch.device, quick: bool) -> list[dict]:
+    sizes = bench_buffer.QUICK if quick else bench_buffer.FULL
+    v = bench_buffer.VectorSetup(sizes, device=device)
+    rows = [_sample_row("vector", v.fast, v.seed, f"{sizes.vector_capacity:,} x {OBS} f32",
+                        device, quick)]
+    del v
+    img = bench_buffer.ImageSetup(sizes, device=device)
+    rows.append(_sample_row("image", img.fast, img.seed_u8, "9x84x84 uint8 stacks", device,
+                            quick))
+    return rows
+
+
+def _sample_row(name: str, fast: ReplayBuffer, seed, what: str, device: torch.device,
+                quick: bool) -> dict:
+    n, blocks = (5, 3) if quick else (50, 10)
+    log(f"gpu: timing {name} sample({BATCH}) to {device}")
+    t = interleaved({
+        "fastsac": _synced(lambda: fast.sample(BATCH), n, device),
+        "seed": _synced(lambda: [x.to(device) for x in seed.sample(BATCH)], n, device)},
+        calls=1, blocks=blocks)
+    us = 1e6 / n
+    return row(f"{name} sample({BATCH}) to {device} ({what})", "us", median(t["fastsac"]) * us,
+               median(t["seed"]) * us, lower_is_better=True,
+               note="fastsac: staging (pinned on CUDA, copied without blocking); seed-style: "
+                    "new tensors, then .to(device) (images: its uint8 layout, cast to float)")
+
+
+def _pixel_rows(device: torch.device, quick: bool) -> list[dict]:
+    batch = 16 if quick else 256
+    obs = torch.randint(0, 256, (batch, 9, 84, 84), dtype=torch.uint8, device=device)
+    b = Batch(obs, torch.rand(batch, ACT, device=device) * 2 - 1,
+              torch.randn(batch, device=device), obs.roll(1, 0),
+              torch.full((batch,), 0.99, device=device))
+    configs = {"eager": SACConfig(compile="none")}
+    if device.type == "cuda":
+        configs["graph"] = SACConfig(compile="none", cuda_graph=True)
+    fns = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        agent = SAC((9, 84, 84), (ACT,), cfg, device)
+        fns[name] = _synced(lambda a=agent: a.update(b), 2 if quick else 20, device)
+    log(f"gpu: timing pixel updates on {device} (batch {batch})")
+    t = interleaved(fns, calls=1, blocks=2 if quick else 5, warmup=1)
+    n = 2 if quick else 20
+    return [row(f"pixel update/s on {device}, {k} (84x84, stack 3, batch {batch})", "1/s",
+                n / median(v), None, lower_is_better=False) for k, v in t.items()]
+
+
+def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
+    try:
+        import mujoco  # noqa: F401
+    except ImportError:
+        log("gpu: no MuJoCo, so no end-to-end row")
+        return []
+    starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 30, (500, 100))
+    torch.manual_seed(0)
+    fast = bench_train._trainer(
+        tmp / "gpu", device=str(device), learning_starts=starts,
+        sac=SACConfig(cuda_graph=device.type == "cuda"))
+    while fast.step < starts:
+        fast.env_step()
+
+    def fast_step():
+        fast.env_step()
+        fast.learn()
+    seed = bench_train.SeedLoop(BATCH, starts, device=str(device))
+    log(f"gpu: timing {blocks} blocks of training steps on {device}")
+    t = interleaved({"fastsac": _synced(fast_step, calls[0], device),
+                     "seed": _synced(seed.step, calls[1], device)}, calls=1, blocks=blocks)
+    fast.close()
+    seed.env.close()
+    sps = {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"])}
+    return [row(f"training steps/s on {device}, {bench_train.ENV}, after learning starts",
+                "1/s", sps["fastsac"], sps["seed"], lower_is_better=False,
+                target=1000.0 if device.type == "cuda" else None,
+                note="one env, 256x256, batch 256, one update per step; fastsac"
+                     + (" with a CUDA graph" if device.type == "cuda" else "")
+                     + ", the seed-style loop with its learner on the same device")]
+
+
+def run(quick: bool = False) -> list[dict]:
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif quick:
+        device = torch.device("cpu")  # a dry run of the code
+    else:
+        raise SystemExit("fastsac bench gpu needs a CUDA GPU (--quick runs it on the CPU)")
+    rows = _update_rows(device, quick)
+    rows += _sample_rows(device, quick)
+    rows += _pixel_rows(device, quick)
+    with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
+        rows += _train_rows(device, quick, Path(tmp))
+    return rows
