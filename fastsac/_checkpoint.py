@@ -50,7 +50,8 @@ class Checkpoints:
             if p.name not in keep and _OURS.fullmatch(p.name) and p.is_file():
                 p.unlink()
 
-    def load(self, device: torch.device) -> tuple[dict, dict, dict, ReplayBuffer | None]:
+    def load(self, device: torch.device, prefetch: bool = False
+             ) -> tuple[dict, dict, dict, ReplayBuffer | None]:
         """(agent state, trainer state, RNG states, buffer or None) of the latest one. Tensors
         load on the CPU (RNG states must); the agent copies its own to its device."""
         latest = self.dir / "latest.json"
@@ -64,7 +65,8 @@ class Checkpoints:
             raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint: "
                              f"{exc}") from None
         state = json.loads((self.dir / files["trainer"]).read_text())
-        buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device) \
+        buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device,
+                                   prefetch=prefetch) \
             if "buffer" in files else None
         return saved["agent"], state, saved["rng"], buffer
 

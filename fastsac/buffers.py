@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import threading
 
 import numpy as np
 import torch
 
 from fastsac import _core, _persist
+from fastsac._sampling import Prefetcher, Staging
 from fastsac._validate import (
     as_flags,
     as_float32,
@@ -29,33 +29,6 @@ from fastsac._validate import (
 from fastsac.batch import Batch
 
 STORAGES = ("episode", "transition")
-
-
-class _Staging:
-    """Host memory for one batch size, allocated once (pinned when the device is CUDA)."""
-
-    def __init__(self, batch_size: int, buf: ReplayBuffer) -> None:
-        pin = buf.pin_memory
-        obs_dtype = torch_dtype(buf.obs_dtype)
-
-        def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            return torch.empty((batch_size, *shape), dtype=dtype, pin_memory=pin)
-
-        self.host = Batch(
-            obs=empty(buf.stacked_obs_shape, obs_dtype),
-            action=empty(buf.action_shape, torch.float32),
-            reward=empty((), torch.float32),
-            next_obs=empty(buf.stacked_obs_shape, obs_dtype),
-            discount=empty((), torch.float32),
-        )
-        h = self.host
-        # The core writes through numpy views of these tensors, checked once here.
-        self.fill = _core.Staging(buf._core, batch_size, h.obs.numpy(), h.next_obs.numpy(),
-                                  h.action.numpy(), h.reward.numpy(), h.discount.numpy()).fill
-        # CUDA only: marks the end of the last non-blocking copy out of this staging; the lock
-        # keeps two sampling threads from refilling it while the other's copy is in flight.
-        self.copied = torch.cuda.Event() if buf.device.type == "cuda" else None
-        self.lock = threading.Lock()
 
 
 class ReplayBuffer:
@@ -81,6 +54,10 @@ class ReplayBuffer:
         device: where sampled batches are returned.
         pin_memory: pin the staging memory; defaults to True exactly when ``device`` is CUDA.
         seed: seed of the buffer's own sampling RNG (``None``: from the OS).
+        prefetch: ``sample`` returns the batch drawn during the previous call (of the same
+            batch size) and draws the next in a background thread, so that gathering (and on
+            CUDA copying) it overlaps the caller's work. It holds the buffer as it was at that
+            previous call: ``add`` waits for it to finish first.
 
     A returned :class:`Batch` on the CPU is a view of the staging memory: it is valid until
     the next ``sample`` call with the same ``batch_size`` (``clone()`` it to keep it). On CUDA
@@ -91,7 +68,8 @@ class ReplayBuffer:
                  action_shape: tuple[int, ...] | int, *, obs_dtype: np.dtype | type = np.float32,
                  num_envs: int = 1, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
                  storage: str = "episode", device: str | torch.device = "cpu",
-                 pin_memory: bool | None = None, seed: int | None = None) -> None:
+                 pin_memory: bool | None = None, seed: int | None = None,
+                 prefetch: bool = False) -> None:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
         self.obs_dtype = obs_dtype_of(obs_dtype)
@@ -132,9 +110,11 @@ class ReplayBuffer:
                 raise ValueError(f"{name} is too large ({size} elements or bytes)")
         self._ring = ring
         self._core = self._new_core()
-        self._staging: dict[int, _Staging] = {}
+        self._staging: dict[int, Staging] = {}
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 1), 8)
+        self._prefetcher = Prefetcher(self._new_staging, self._threads, self.device) \
+            if prefetch else None
 
     def _new_core(self) -> _core.ReplayCore:
         """An empty core of this buffer's layout."""
@@ -196,6 +176,7 @@ class ReplayBuffer:
             r = as_float32("reward", reward, n, ())
         te = as_flags("terminated", terminated, n)
         tr = as_flags("truncated", truncated, n)
+        self._settle()
         self._core.add(o, a, r, no, te, tr)
 
     # -- sampling -------------------------------------------------------------------------
@@ -203,6 +184,7 @@ class ReplayBuffer:
         """End every stream's running episode as truncated: it bootstraps from its last
         ``next_obs``, and the next ``add`` starts a new episode even if its ``obs`` equals
         that ``next_obs``. For envs that restart without a final step (a resumed run)."""
+        self._settle()
         self._core.end_episodes()
 
     def sample(self, batch_size: int) -> Batch:
@@ -213,34 +195,26 @@ class ReplayBuffer:
         # Hot path: a known batch size goes straight to its staging.
         if type(batch_size) is not int:
             batch_size = check_count("batch_size", batch_size)
+        if self._prefetcher is not None:
+            return self._prefetcher.sample(batch_size)
         staging = self._staging.get(batch_size)
         if staging is None:
-            staging = self._new_staging(batch_size)
-        if self._on_cpu:
-            if self.pin_memory:
-                # The last batch may still be in a non-blocking copy out of this staging (a
-                # CUDA learner's); it cannot be told which, so wait for the GPU's queued work.
-                torch.cuda.synchronize()
+            staging = self._staging[batch_size] = self._new_staging(batch_size)
+        if self._on_cpu and not self.pin_memory:
             staging.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
             return staging.host
         with staging.lock:
-            if staging.copied is not None:
-                staging.copied.synchronize()  # the last copy out of this staging has finished
-            staging.fill(self._threads)
-            out = Batch(*(t.to(self.device, non_blocking=self.pin_memory)
-                          for t in staging.host))
-            if staging.copied is not None:
-                staging.copied.record(torch.cuda.current_stream(self.device))
-        return out
+            return staging.fill_and_copy(self._threads)
 
-    def _new_staging(self, batch_size: int) -> _Staging:
+    def _new_staging(self, batch_size: int) -> Staging:
         batch_size = check_count("batch_size", batch_size)
         available = self._core.num_sampleable
         if batch_size > available:  # before allocating (and pinning) staging for it
             raise ValueError(f"batch_size {batch_size} is larger than the {available} steps that "
                              "can be sampled now")
-        staging = self._staging[batch_size] = _Staging(batch_size, self)
-        return staging
+        return Staging(self._core, batch_size, self.stacked_obs_shape,
+                       torch_dtype(self.obs_dtype), self.action_shape, self.device,
+                       self.pin_memory)
 
     # -- persistence ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -253,6 +227,7 @@ class ReplayBuffer:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: config, the slots (as ``storage``, a copy),
         per-stream counters and the sampling RNG state."""
+        self._settle()
         return _persist.state_dict(self._core, self.config())
 
     def load_state_dict(self, state: dict) -> None:
@@ -262,17 +237,18 @@ class ReplayBuffer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the buffer to ``path`` atomically (temporary file, then rename)."""
+        self._settle()
         _persist.save(path, self._core, self.config())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-             pin_memory: bool | None = None) -> ReplayBuffer:
+             pin_memory: bool | None = None, prefetch: bool = False) -> ReplayBuffer:
         """Read a buffer written by :meth:`save`."""
         buf = None
 
         def build(config: dict) -> _core.ReplayCore:
             nonlocal buf
-            buf = cls(**config, device=device, pin_memory=pin_memory)
+            buf = cls(**config, device=device, pin_memory=pin_memory, prefetch=prefetch)
             return buf._core
 
         _persist.load(path, build)  # fills the new buffer's core: nothing to keep on failure
@@ -280,6 +256,15 @@ class ReplayBuffer:
 
     def _use_core(self, core: _core.ReplayCore) -> None:
         """Serve from ``core``; the staging is bound to the core it was made for."""
+        if self._prefetcher is not None:
+            self._prefetcher.reset()
         self._core = core
         self._staging.clear()
+
+    def _settle(self) -> None:
+        """Let a batch being prefetched finish before the buffer changes or is saved: it then
+        holds the buffer as of the ``sample`` call that started it, and a saved state includes
+        its draw, whatever the timing."""
+        if self._prefetcher is not None:
+            self._prefetcher.settle()
 

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from buffer_helpers import (
+    CFG,
     ENDS,
     SETTINGS,
     STARTS,
     Driver,
     add1,
     assert_unchanged,
+    bytes_equal,
     check_against_reference,
     filled,
     make_pair,
@@ -423,6 +425,7 @@ def test_pinned_cpu_staging_waits_for_the_gpu_before_it_is_refilled(monkeypatch)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: events.append("wait"))
     buf.pin_memory = True  # what ReplayBuffer(pin_memory=True) holds on a GPU machine
     staging = buf._staging[8]
+    staging.pin = True
     fill = staging.fill
     staging.fill = lambda threads: events.append("fill") or fill(threads)
     for _ in range(3):
@@ -514,3 +517,60 @@ def test_every_sampleable_step_is_drawn_when_streams_hold_unequal_counts():
         for _ in range(40):
             seen.update(buf.sample(n).action[:, 0].tolist())
         assert seen == set(map(float, ids)), starts
+
+
+# ---------------------------------------------------------------------------------------------
+# prefetching
+# ---------------------------------------------------------------------------------------------
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+@pytest.mark.parametrize("cfg", [CFG, dict(CFG, num_envs=1, capacity=9, frame_stack=1,
+                                           n_step=1, obs_dtype=np.float32)])
+def test_prefetched_batches_are_the_batches_drawn_one_call_earlier(storage, cfg, device):
+    """At call k a prefetching buffer returns what an ordinary one with the same seed returns
+    when sampled at call k-1: steps added after that are not in it, and the small rings wrap
+    between its draw and its return, so a slot overwritten in between would show. (On CUDA
+    its copies run on a side stream.)"""
+    plain, ref = make_pair(**cfg, storage=storage, seed=9)
+    pre = ReplayBuffer(**cfg, storage=storage, seed=9, prefetch=True, device=device)
+    d = Driver(plain, ref, rng=np.random.default_rng(3))
+    d.also.append(pre)
+    rng = np.random.default_rng(4)
+
+    def add_some(k: int) -> None:
+        for _ in range(k):
+            d.add([(str(rng.choice(STARTS)), rng.choice(ENDS)) for _ in range(plain.num_envs)])
+
+    add_some(12)
+    for batch_size in (4, 5):  # a new batch size: the draw in flight for the old one is dropped
+        got = to_numpy(pre.sample(batch_size))  # (for 5: the loop's last want was the
+        want = to_numpy(plain.sample(batch_size))  # dropped draw)
+        for f in Batch._fields:
+            assert bytes_equal(got[f], want[f]).all(), f
+        want = to_numpy(plain.sample(batch_size))  # drawn when pre drew its next batch
+        for k in range(25):
+            add_some(int(rng.integers(0, 4)))
+            got = to_numpy(pre.sample(batch_size))
+            for f in Batch._fields:
+                assert bytes_equal(got[f], want[f]).all(), (f, k)
+            want = to_numpy(plain.sample(batch_size))
+    check_against_reference(plain, ref)  # and plain itself is what the reference says
+
+
+def test_a_prefetching_buffer_saves_what_it_has_drawn(tmp_path):
+    """A save waits for the draw in flight, so the file's RNG state includes it."""
+    source = filled(seed=77)[0].state_dict()
+    pre, plain = ReplayBuffer(**CFG, seed=1, prefetch=True), ReplayBuffer(**CFG, seed=1)
+    pre.load_state_dict(source)
+    plain.load_state_dict(source)
+    pre.sample(4)  # returns one batch and draws the next in the background
+    pre.save(tmp_path / "b.npz")
+    loaded = ReplayBuffer.load(tmp_path / "b.npz")
+    plain.sample(4), plain.sample(4)  # the same two draws
+    for _ in range(5):
+        a, b = to_numpy(loaded.sample(4)), to_numpy(plain.sample(4))
+        assert all(bytes_equal(a[f], b[f]).all() for f in Batch._fields)
