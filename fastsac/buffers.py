@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import threading
 
 import numpy as np
 import torch
 
 from fastsac import _core, _persist
+from fastsac._device_memory import KEY_BYTES, DeviceFrames
 from fastsac._sampling import Prefetcher, Staging
 from fastsac._validate import (
     as_flags,
     as_float32,
     as_obs,
+    check_choice,
     check_count,
     obs_dtype_of,
     shape,
@@ -29,6 +32,7 @@ from fastsac._validate import (
 from fastsac.batch import Batch
 
 STORAGES = ("episode", "transition")
+MEMORIES = ("host", "device")
 
 
 class ReplayBuffer:
@@ -54,6 +58,9 @@ class ReplayBuffer:
         device: where sampled batches are returned.
         pin_memory: pin the staging memory; defaults to True exactly when ``device`` is CUDA.
         seed: seed of the buffer's own sampling RNG (``None``: from the OS).
+        memory: where the frames live. ``"host"``: in the C++ core's memory, gathered into
+            staging and copied to ``device``. ``"device"``: in one torch tensor on ``device``
+            (GPU memory with CUDA), gathered there; the core keeps the rest.
         prefetch: ``sample`` returns the batch drawn during the previous call (of the same
             batch size) and draws the next in a background thread, so that gathering (and on
             CUDA copying) it overlaps the caller's work. It holds the buffer as it was at that
@@ -69,7 +76,7 @@ class ReplayBuffer:
                  num_envs: int = 1, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
                  storage: str = "episode", device: str | torch.device = "cpu",
                  pin_memory: bool | None = None, seed: int | None = None,
-                 prefetch: bool = False) -> None:
+                 memory: str = "host", prefetch: bool = False) -> None:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
         self.obs_dtype = obs_dtype_of(obs_dtype)
@@ -108,7 +115,16 @@ class ReplayBuffer:
         for name, size in (("obs_shape", self._frame_bytes), ("action_shape", self._action_dim)):
             if size > 2**40:  # the core's bound, which keeps its arithmetic in int64
                 raise ValueError(f"{name} is too large ({size} elements or bytes)")
+        check_choice("memory", memory, MEMORIES)
+        if memory == "device" and prefetch:
+            raise ValueError("prefetch=True with memory='device': batches are gathered on the "
+                             "device already, with nothing to overlap")
+        self.memory = memory
         self._ring = ring
+        self._frames = DeviceFrames(
+            self.num_envs, ring, self.obs_shape, self.obs_dtype, torch_dtype(self.obs_dtype),
+            storage == "transition", self.device) if memory == "device" else None
+        self._lock = threading.Lock()  # device memory: a core add and its frames' write
         self._core = self._new_core()
         self._staging: dict[int, Staging] = {}
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -116,11 +132,16 @@ class ReplayBuffer:
         self._prefetcher = Prefetcher(self._new_staging, self._threads, self.device) \
             if prefetch else None
 
-    def _new_core(self) -> _core.ReplayCore:
-        """An empty core of this buffer's layout."""
+    def _new_core(self, host_layout: bool = False) -> _core.ReplayCore:
+        """An empty core of this buffer's layout; ``host_layout``: with frames in its records
+        even for ``memory="device"`` (the layout of files and state dicts)."""
         floats = self.obs_dtype.itemsize if self.obs_dtype.kind == "f" else 0
+        keys = self._frames is not None and not host_layout
+        if keys:  # the core holds keys, and Python checks the frames
+            floats = 0
         return _core.ReplayCore(
-            num_envs=self.num_envs, ring=self._ring, frame_bytes=self._frame_bytes,
+            num_envs=self.num_envs, ring=self._ring,
+            frame_bytes=KEY_BYTES if keys else self._frame_bytes,
             action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
             gamma=self.gamma, transition=self.storage == "transition", seed=self.seed,
             obs_float_bytes=floats)
@@ -143,7 +164,7 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes of replay memory held: every slot's record (frame, action, header)."""
-        return self._core.nbytes
+        return self._core.nbytes + (self._frames.nbytes if self._frames is not None else 0)
 
     @property
     def num_sampleable(self) -> int:
@@ -177,7 +198,17 @@ class ReplayBuffer:
         te = as_flags("terminated", terminated, n)
         tr = as_flags("truncated", truncated, n)
         self._settle()
-        self._core.add(o, a, r, no, te, tr)
+        if self._frames is None:
+            self._core.add(o, a, r, no, te, tr)
+            return
+        if self.obs_dtype.kind == "f":  # the core sees keys, not these frames
+            for name, x in (("obs", o), ("next_obs", no)):
+                if not np.isfinite(x).all():
+                    raise ValueError(f"{name} must be finite (no NaN or inf)")
+        with self._lock:
+            obs_keys, next_keys, new_obs = self._frames.keys(self._core.stream_state(), o)
+            self._core.add(obs_keys, a, r, next_keys, te, tr)
+            self._frames.write(o, no, obs_keys, next_keys, new_obs)
 
     # -- sampling -------------------------------------------------------------------------
     def end_episodes(self) -> None:
@@ -197,6 +228,8 @@ class ReplayBuffer:
             batch_size = check_count("batch_size", batch_size)
         if self._prefetcher is not None:
             return self._prefetcher.sample(batch_size)
+        if self._frames is not None:
+            return self._sample_device_memory(batch_size)
         staging = self._staging.get(batch_size)
         if staging is None:
             staging = self._staging[batch_size] = self._new_staging(batch_size)
@@ -206,15 +239,29 @@ class ReplayBuffer:
         with staging.lock:
             return staging.fill_and_copy(self._threads)
 
+    def _sample_device_memory(self, batch_size: int) -> Batch:
+        """The core gathers keys and the small fields, the device gathers the frames."""
+        staging = self._staging.get(batch_size)
+        if staging is None:
+            staging = self._staging[batch_size] = self._new_staging(batch_size)
+        with self._lock, staging.lock:
+            keys = staging.fill_and_copy(self._threads)
+            obs = self._frames.gather(keys.obs, self.stacked_obs_shape)
+            next_obs = self._frames.gather(keys.next_obs, self.stacked_obs_shape)
+        return Batch(obs, keys.action, keys.reward, next_obs, keys.discount)
+
     def _new_staging(self, batch_size: int) -> Staging:
         batch_size = check_count("batch_size", batch_size)
         available = self._core.num_sampleable
         if batch_size > available:  # before allocating (and pinning) staging for it
             raise ValueError(f"batch_size {batch_size} is larger than the {available} steps that "
                              "can be sampled now")
-        return Staging(self._core, batch_size, self.stacked_obs_shape,
-                       torch_dtype(self.obs_dtype), self.action_shape, self.device,
-                       self.pin_memory)
+        if self._frames is not None:  # the stacks' keys
+            obs_shape, obs_dtype = (self.frame_stack,), torch.int64
+        else:
+            obs_shape, obs_dtype = self.stacked_obs_shape, torch_dtype(self.obs_dtype)
+        return Staging(self._core, batch_size, obs_shape, obs_dtype, self.action_shape,
+                       self.device, self.pin_memory)
 
     # -- persistence ----------------------------------------------------------------------
     def config(self) -> dict:
@@ -228,38 +275,58 @@ class ReplayBuffer:
         """Everything needed to continue exactly: config, the slots (as ``storage``, a copy),
         per-stream counters and the sampling RNG state."""
         self._settle()
-        return _persist.state_dict(self._core, self.config())
+        return _persist.state_dict(self._host_layout_core(), self.config())
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict`` of a buffer with the same config."""
         # Into a fresh core first, so a rejected state leaves this buffer as it was.
-        self._use_core(_persist.restore(self._new_core(), self.config(), state))
+        self._use_core(_persist.restore(self._new_core(host_layout=True), self.config(), state))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the buffer to ``path`` atomically (temporary file, then rename)."""
         self._settle()
-        _persist.save(path, self._core, self.config())
+        _persist.save(path, self._host_layout_core(), self.config())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
-             pin_memory: bool | None = None, prefetch: bool = False) -> ReplayBuffer:
-        """Read a buffer written by :meth:`save`."""
+             pin_memory: bool | None = None, memory: str = "host",
+             prefetch: bool = False) -> ReplayBuffer:
+        """Read a buffer written by :meth:`save` (by a buffer of either ``memory``)."""
         buf = None
 
         def build(config: dict) -> _core.ReplayCore:
             nonlocal buf
-            buf = cls(**config, device=device, pin_memory=pin_memory, prefetch=prefetch)
-            return buf._core
+            buf = cls(**config, device=device, pin_memory=pin_memory, memory=memory,
+                      prefetch=prefetch)
+            return buf._core if memory == "host" else buf._new_core(host_layout=True)
 
-        _persist.load(path, build)  # fills the new buffer's core: nothing to keep on failure
+        core = _persist.load(path, build)  # fills an empty core: nothing to keep on failure
+        if core is not buf._core:
+            buf._use_core(core)
         return buf
 
+    def _host_layout_core(self) -> _core.ReplayCore:
+        """The core, or for ``memory="device"`` a copy of it with the frames put back into
+        its records: the layout files and state dicts hold."""
+        if self._frames is None:
+            return self._core
+        host = self._new_core(host_layout=True)
+        with self._lock:
+            self._frames.to_host(self._core, host)
+        return host
+
     def _use_core(self, core: _core.ReplayCore) -> None:
-        """Serve from ``core``; the staging is bound to the core it was made for."""
+        """Serve from ``core`` (of the host layout, restored and checked); the staging is bound
+        to the core it was made for."""
         if self._prefetcher is not None:
             self._prefetcher.reset()
-        self._core = core
-        self._staging.clear()
+        with self._lock:
+            if self._frames is not None:
+                keyed = self._new_core()
+                self._frames.from_host(core, keyed)
+                core = keyed
+            self._core = core
+            self._staging.clear()
 
     def _settle(self) -> None:
         """Let a batch being prefetched finish before the buffer changes or is saved: it then

@@ -574,3 +574,70 @@ def test_a_prefetching_buffer_saves_what_it_has_drawn(tmp_path):
     for _ in range(5):
         a, b = to_numpy(loaded.sample(4)), to_numpy(plain.sample(4))
         assert all(bytes_equal(a[f], b[f]).all() for f in Batch._fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory="device": frames in a torch tensor (on the CPU here), gathered with torch
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=250, **SETTINGS)
+@given(scenarios())
+def test_device_memory_matches_the_reference_and_host_memory(device, scenario):
+    """The same steps into memory="device" and memory="host" buffers with one seed: both as
+    the reference says, the same batches, and byte-identical states (files load either way)."""
+    cfg, events, variant, checkpoints, data_seed = scenario
+    host, ref = make_pair(**cfg)
+    dev = ReplayBuffer(**cfg, memory="device", device=device)
+    d = Driver(dev, ref, rng=np.random.default_rng(data_seed), **variant)
+    d.also.append(host)
+    for i, ev in enumerate(events):
+        d.add(ev)
+        assert len(dev) == len(ref) and dev.num_sampleable == ref.num_sampleable
+        if i in checkpoints:
+            check_against_reference(dev, ref)
+            check_against_reference(host, ref)  # the same draws: the two RNGs stay in step
+    a, b = dev.state_dict(), host.state_dict()
+    for k in ("storage", "streams", "rng"):
+        assert np.array_equal(a[k], b[k]), k
+    n = dev.num_sampleable
+    for size in sorted({1, n}) if n else ():
+        x, y = to_numpy(dev.sample(size)), to_numpy(host.sample(size))
+        for f in Batch._fields:
+            assert bytes_equal(x[f], y[f]).all(), f
+    other, twin = ReplayBuffer(**cfg, memory="device", device=device), ReplayBuffer(**cfg)
+    other.load_state_dict(b)  # a host buffer's state into device memory, and on from there
+    twin.load_state_dict(b)
+    d.also = [host, other, twin]
+    d.add(events[-1])
+    if twin.num_sampleable:
+        x, y = to_numpy(other.sample(1)), to_numpy(twin.sample(1))
+        assert all(bytes_equal(x[f], y[f]).all() for f in Batch._fields)
+
+
+def test_device_memory_bad_input_is_refused_by_name_and_changes_nothing():
+    with pytest.raises(ValueError, match="memory"):
+        vec_buffer(memory="gpu")
+    with pytest.raises(ValueError, match="prefetch"):
+        vec_buffer(memory="device", prefetch=True)
+    buf = vec_buffer(memory="device")
+    add1(buf, 1.0, 0.5, 1.0, 2.0)
+    before = snapshot(buf)
+    for obs, next_obs, name in ((np.nan, 3.0, "obs"), (2.0, np.inf, "next_obs")):
+        with pytest.raises(ValueError) as exc:
+            add1(buf, obs, 0.5, 1.0, next_obs)
+        assert names(str(exc.value), name)
+        assert_unchanged(buf, before)
+    assert buf.nbytes == buf._core.nbytes + buf.capacity * 4  # a float32 frame per slot
+
+
+def test_device_memory_file_round_trip(tmp_path):
+    host, ref, d = filled()
+    dev = ReplayBuffer(**CFG, seed=123, memory="device")
+    dev.load_state_dict(host.state_dict())
+    dev.save(tmp_path / "dev.npz")
+    host.save(tmp_path / "host.npz")
+    for name in ("dev.npz", "host.npz"):
+        for memory in ("host", "device"):
+            loaded = ReplayBuffer.load(tmp_path / name, memory=memory)
+            assert loaded.memory == memory
+            check_against_reference(loaded, ref)

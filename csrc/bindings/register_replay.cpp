@@ -140,6 +140,7 @@ void register_replay(py::module_& m) {
       .def_property_readonly("capacity", &ReplayCore::capacity)
       .def_property_readonly("nbytes", &ReplayCore::nbytes)
       .def_property_readonly("stride", &ReplayCore::stride)
+      .def_property_readonly("frame_offset", &ReplayCore::frame_offset)
       .def(
           "slots",
           [](py::object self_obj) {

@@ -100,6 +100,7 @@ class ReplayCore {
   int64_t capacity() const { return cfg_.num_envs * cfg_.ring; }
   int64_t nbytes() const { return static_cast<int64_t>(slots_bytes_); }
   int64_t stride() const { return stride_; }
+  int64_t frame_offset() const { return frame_offset_; }  // of the frame(s) in a record
   const ReplayConfig& config() const { return cfg_; }
 
   // State for save/load. The slots are exposed as one block of raw bytes.
