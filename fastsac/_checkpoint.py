@@ -50,7 +50,7 @@ class Checkpoints:
             if p.name not in keep and _OURS.fullmatch(p.name) and p.is_file():
                 p.unlink()
 
-    def load(self, device: torch.device, prefetch: bool = False
+    def load(self, device: torch.device, memory: str = "host", prefetch: bool = False
              ) -> tuple[dict, dict, dict, ReplayBuffer | None]:
         """(agent state, trainer state, RNG states, buffer or None) of the latest one. Tensors
         load on the CPU (RNG states must); the agent copies its own to its device."""
@@ -65,7 +65,7 @@ class Checkpoints:
             raise ValueError(f"{self.dir / files['agent']} is not a fastsac agent checkpoint: "
                              f"{exc}") from None
         state = json.loads((self.dir / files["trainer"]).read_text())
-        buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device,
+        buffer = ReplayBuffer.load(self.dir / files["buffer"], device=device, memory=memory,
                                    prefetch=prefetch) \
             if "buffer" in files else None
         return saved["agent"], state, saved["rng"], buffer

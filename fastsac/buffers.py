@@ -30,9 +30,9 @@ from fastsac._validate import (
     torch_dtype,
 )
 from fastsac.batch import Batch
+from fastsac.config import MEMORIES
 
 STORAGES = ("episode", "transition")
-MEMORIES = ("host", "device")
 
 
 class ReplayBuffer:

@@ -20,6 +20,7 @@ from fastsac._validate import check_choice
 COMPILE_MODES = ("jit", "torch", "none")
 LOG_STD_MODES = ("clamp", "tanh")
 DEVICES = ("auto", "cpu", "cuda")
+MEMORIES = ("host", "device")
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class TrainConfig:
     """Env steps between rows of training metrics in metrics.csv."""
     checkpoint_every: int = 10_000
     """Env steps between checkpoints (0: only at the end)."""
+    buffer_memory: str = "host"
+    """Where the replay buffer keeps its frames: "host" (the C++ core's memory; each batch is
+    gathered there and copied to the device) or "device" (a tensor on the training device,
+    GPU memory with CUDA, where batches are gathered)."""
     save_buffer: bool = True
     """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
     run_dir: str = ""
@@ -153,6 +158,7 @@ class TrainConfig:
             raise ValueError(f"updates_per_step must be finite and >= 0, "
                              f"got {self.updates_per_step}")
         check_choice("device", self.device, DEVICES)
+        check_choice("buffer_memory", self.buffer_memory, MEMORIES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

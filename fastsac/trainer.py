@@ -89,13 +89,14 @@ class Trainer:
         self.obs_dtype = np.uint8 if self.pixels else np.float32
         self.frame_shape = obs_space.shape
         capacity = c.buffer_size or (100_000 if self.pixels else 1_000_000)
-        # On CUDA the next batch is gathered and copied while the GPU runs the update.
-        self.prefetch = self.device.type == "cuda"
+        # On CUDA the next batch is gathered and copied while the GPU runs the update (frames
+        # in device memory are gathered there, with nothing to overlap).
+        self.prefetch = self.device.type == "cuda" and c.buffer_memory == "host"
         self.buffer = ReplayBuffer(
             capacity, self.frame_shape, self.action_shape,
             obs_dtype=self.obs_dtype, num_envs=c.num_envs, frame_stack=c.frame_stack,
             n_step=c.sac.n_step, gamma=c.sac.gamma, device=self.device, seed=c.seed,
-            prefetch=self.prefetch)
+            memory=c.buffer_memory, prefetch=self.prefetch)
         torch.manual_seed(c.seed)
         self.agent = SAC(self.buffer.stacked_obs_shape, self.action_shape, c.sac, self.device)
         self.rng = np.random.default_rng(c.seed)  # warm-up actions
@@ -308,7 +309,8 @@ class Trainer:
     def restore(self) -> None:
         """Continue from the latest checkpoint: everything but the episodes in flight, which
         restart (their steps so far stay in the buffer, ended as truncated)."""
-        agent_state, state, rng, buffer = self.checkpoints.load(self.device, self.prefetch)
+        agent_state, state, rng, buffer = self.checkpoints.load(
+            self.device, memory=self.config.buffer_memory, prefetch=self.prefetch)
         self.agent.load_state_dict(agent_state)
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":

@@ -220,6 +220,19 @@ def test_resume_at_a_boundary_is_exact_for_pixels_in_eager_mode(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(params(full.agent), params(resumed.agent)))
 
 
+def test_frames_in_device_memory_train_and_resume_exactly_as_in_host_memory(tmp_path):
+    """Same seed, same batches: a run with buffer_memory="device" (a CPU tensor here), cut
+    and resumed, ends with the parameters of an uninterrupted host-memory run."""
+    kw = dict(env="fastsac/PointMass-v0", frame_stack=2, learning_starts=60, batch_size=8,
+              sac=SACConfig(hidden=(16, 16), feature_dim=8, compile="none"))
+    host = train(quick(tmp_path / "host", total_steps=150, **kw))
+    part = quick(tmp_path / "device", total_steps=100, buffer_memory="device", **kw)
+    train(part)
+    resumed = train(dataclasses.replace(part, total_steps=150), resume=part.run_dir)
+    assert resumed.buffer.memory == "device"
+    assert all(torch.equal(p, q) for p, q in zip(params(host.agent), params(resumed.agent)))
+
+
 def test_a_run_that_never_reached_a_checkpoint_starts_over(tmp_path):
     cfg = quick(tmp_path, total_steps=200)
     run = tmp_path / "run"
