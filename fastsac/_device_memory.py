@@ -63,10 +63,15 @@ class DeviceFrames:
         self.last_next[...] = next_obs
         self.known[:] = True
 
-    def gather(self, keys: torch.Tensor, stacked_shape: tuple[int, ...]) -> torch.Tensor:
-        """The frames of ``keys`` (batch, frame_stack), stacked along axis 0 of each row."""
-        out = self.frames.index_select(0, keys.reshape(-1))
-        return out.view(keys.shape[0], *stacked_shape)
+    def gather(self, keys: torch.Tensor, stacked_shape: tuple[int, ...],
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """The frames of ``keys`` (batch, frame_stack), stacked along axis 0 of each row
+        (written into ``out`` when given)."""
+        rows = keys.reshape(-1)
+        if out is not None:
+            torch.index_select(self.frames, 0, rows, out=out.view(-1, *self.frame_shape))
+            return out
+        return self.frames.index_select(0, rows).view(keys.shape[0], *stacked_shape)
 
     # -- persistence: files and state dicts hold the host layout, frames inside the records --
     def to_host(self, core, host) -> None:

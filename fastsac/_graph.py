@@ -33,8 +33,9 @@ class GraphedUpdate:
         elif any(s.shape != b.shape for s, b in zip(self.static, batch)):
             raise ValueError("cuda_graph: every batch must have the shape of the first one "
                              f"({[tuple(s.shape) for s in self.static]})")
-        for s, b in zip(self.static, batch):
-            s.copy_(b, non_blocking=True)
+        if batch is not self.static:  # (sampled straight into the inputs: nothing to copy)
+            for s, b in zip(self.static, batch):
+                s.copy_(b, non_blocking=True)
         self.graph.replay()
         return {k: v.clone() for k, v in self.metrics.items()}  # the next replay reuses them
 

@@ -37,9 +37,11 @@ class Staging:
         self.copied = torch.cuda.Event() if device.type == "cuda" else None
         self.lock = threading.Lock()
 
-    def fill_and_copy(self, threads: int, stream: torch.cuda.Stream | None = None) -> Batch:
+    def fill_and_copy(self, threads: int, stream: torch.cuda.Stream | None = None,
+                      out: Batch | None = None) -> Batch:
         """Gather a batch and return it on the device: the staging itself on the CPU, else a
-        copy made on ``stream`` (None: the current one), which ``copied`` marks the end of."""
+        copy made on ``stream`` (None: the current one), which ``copied`` marks the end of;
+        or copied into ``out``'s tensors."""
         if self.copied is not None:
             self.copied.synchronize()  # the last copy out of this staging has finished
         elif self.pin:
@@ -48,11 +50,19 @@ class Staging:
             torch.cuda.synchronize()
         self.fill(threads)  # raises ValueError past num_sampleable, writes nothing
         if self.copied is None:
-            return self.host
+            if out is None:
+                return self.host
+            for o, t in zip(out, self.host):
+                o.copy_(t)
+            return out
         with torch.cuda.device(self.device):
             stream = stream or torch.cuda.current_stream()
             with torch.cuda.stream(stream):
-                out = Batch(*(t.to(self.device, non_blocking=self.pin) for t in self.host))
+                if out is None:
+                    out = Batch(*(t.to(self.device, non_blocking=self.pin) for t in self.host))
+                else:
+                    for o, t in zip(out, self.host):
+                        o.copy_(t, non_blocking=self.pin)
             self.copied.record(stream)
         return out
 

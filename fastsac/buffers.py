@@ -218,37 +218,69 @@ class ReplayBuffer:
         self._settle()
         self._core.end_episodes()
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, out: Batch | None = None) -> Batch:
         """Draw ``batch_size`` sampleable steps uniformly, with replacement.
 
-        See the class docstring for how long the returned batch stays valid.
+        ``out``: tensors on ``device`` of the batch's shapes and dtypes to write it into, and
+        return (a CUDA graph's inputs, say: the batch then needs no copy of its own). See the
+        class docstring for how long a returned batch stays valid otherwise.
         """
         # Hot path: a known batch size goes straight to its staging.
         if type(batch_size) is not int:
             batch_size = check_count("batch_size", batch_size)
+        if out is not None:
+            self._check_out(out, batch_size)
         if self._prefetcher is not None:
-            return self._prefetcher.sample(batch_size)
+            batch = self._prefetcher.sample(batch_size)
+            if out is None:
+                return batch
+            for o, t in zip(out, batch):  # on the caller's stream: after its last use of out
+                o.copy_(t)
+            return out
         if self._frames is not None:
-            return self._sample_device_memory(batch_size)
+            return self._sample_device_memory(batch_size, out)
         staging = self._staging.get(batch_size)
         if staging is None:
             staging = self._staging[batch_size] = self._new_staging(batch_size)
-        if self._on_cpu and not self.pin_memory:
+        if self._on_cpu and not self.pin_memory and out is None:
             staging.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
             return staging.host
         with staging.lock:
-            return staging.fill_and_copy(self._threads)
+            return staging.fill_and_copy(self._threads, out=out)
 
-    def _sample_device_memory(self, batch_size: int) -> Batch:
+    def _check_out(self, out, batch_size: int) -> None:
+        expected = Batch(
+            obs=((batch_size, *self.stacked_obs_shape), torch_dtype(self.obs_dtype)),
+            action=((batch_size, *self.action_shape), torch.float32),
+            reward=((batch_size,), torch.float32),
+            next_obs=((batch_size, *self.stacked_obs_shape), torch_dtype(self.obs_dtype)),
+            discount=((batch_size,), torch.float32))
+        if not isinstance(out, Batch):
+            raise TypeError(f"out must be a Batch of tensors, got {type(out).__name__}")
+        for name, t, (shape, dtype) in zip(Batch._fields, out, expected):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape \
+                    or t.dtype != dtype or t.device != self.device or not t.is_contiguous():
+                got = (f"{tuple(t.shape)} {t.dtype} on {t.device}"
+                       if isinstance(t, torch.Tensor) else type(t).__name__)
+                raise ValueError(f"out.{name} must be a contiguous {shape} {dtype} tensor on "
+                                 f"{self.device}, got {got}")
+
+    def _sample_device_memory(self, batch_size: int, out: Batch | None = None) -> Batch:
         """The core gathers keys and the small fields, the device gathers the frames."""
         staging = self._staging.get(batch_size)
         if staging is None:
             staging = self._staging[batch_size] = self._new_staging(batch_size)
         with self._lock, staging.lock:
             keys = staging.fill_and_copy(self._threads)
-            obs = self._frames.gather(keys.obs, self.stacked_obs_shape)
-            next_obs = self._frames.gather(keys.next_obs, self.stacked_obs_shape)
-        return Batch(obs, keys.action, keys.reward, next_obs, keys.discount)
+            shape = self.stacked_obs_shape
+            obs = self._frames.gather(keys.obs, shape, None if out is None else out.obs)
+            next_obs = self._frames.gather(keys.next_obs, shape,
+                                           None if out is None else out.next_obs)
+            if out is None:
+                return Batch(obs, keys.action, keys.reward, next_obs, keys.discount)
+            for name in ("action", "reward", "discount"):
+                getattr(out, name).copy_(getattr(keys, name))
+        return out
 
     def _new_staging(self, batch_size: int) -> Staging:
         batch_size = check_count("batch_size", batch_size)

@@ -169,6 +169,12 @@ class SAC:
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
 
+    def input_batch(self) -> Batch | None:
+        """With ``cuda_graph``, once captured (after the first update): the graph's input
+        tensors. Sample into them (``ReplayBuffer.sample(n, out=agent.input_batch())``) and
+        pass them to ``update``: the batch is then not copied again. Otherwise None."""
+        return self._graphed.static if self._graphed is not None else None
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step on ``batch``; returns detached metric tensors (no host sync)."""
         metrics = self._graphed(batch) if self._graphed is not None else self._update(batch)

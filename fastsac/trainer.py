@@ -235,7 +235,8 @@ class Trainer:
         metrics = None
         t0 = time.perf_counter()
         while self.update_debt >= 1:
-            metrics = self.agent.update(self.buffer.sample(c.batch_size))
+            batch = self.buffer.sample(c.batch_size, out=self.agent.input_batch())
+            metrics = self.agent.update(batch)
             self.update_debt -= 1
         self.timers["update"] += time.perf_counter() - t0
         return metrics

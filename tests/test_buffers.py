@@ -641,3 +641,32 @@ def test_device_memory_file_round_trip(tmp_path):
             loaded = ReplayBuffer.load(tmp_path / name, memory=memory)
             assert loaded.memory == memory
             check_against_reference(loaded, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["host", "device", "prefetch"])
+def test_sampling_into_given_tensors_writes_the_same_batch(kind, device):
+    kw = dict(memory="device") if kind == "device" else dict(prefetch=kind == "prefetch")
+    buf = ReplayBuffer(**CFG, seed=5, device=device, **kw)
+    plain = ReplayBuffer(**CFG, seed=5)
+    source = filled(seed=1)[0].state_dict()
+    buf.load_state_dict(source)
+    plain.load_state_dict(source)
+    out = Batch(*(torch.zeros_like(t) for t in buf.sample(6)))
+    plain.sample(6)  # (for prefetch, the second draw is the one in flight then)
+    want = to_numpy(plain.sample(6))
+    assert buf.sample(6, out=out) is out
+    got = to_numpy(out)
+    assert all(bytes_equal(got[f], want[f]).all() for f in Batch._fields)
+
+
+def test_sampling_into_the_wrong_tensors_is_refused_by_name_and_draws_nothing():
+    buf, _, _ = filled()
+    good = Batch(*(torch.zeros_like(t) for t in buf.sample(4)))
+    before = snapshot(buf)
+    bad = [good._replace(obs=good.obs[:3]), good._replace(reward=good.reward.double()),
+           good._replace(action=good.action.t()), tuple(good)]
+    for out in bad:
+        with pytest.raises((ValueError, TypeError), match="out"):
+            buf.sample(4, out=out)
+    assert_unchanged(buf, before)

@@ -402,3 +402,27 @@ def test_act_on_cuda_equals_act_on_the_cpu():
         np.testing.assert_allclose(second, cpu.act(obs[1], True), atol=1e-4)
         np.testing.assert_allclose(batch, cpu.act(obs, True), atol=1e-4)
         assert np.all(np.abs(gpu.act(obs)) <= 1)
+
+
+@CUDA
+def test_a_graphed_update_on_a_batch_sampled_into_its_inputs():
+    from fastsac import ReplayBuffer
+
+    buffers = [ReplayBuffer(500, (OBS,), (ACT,), device="cuda", seed=3) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    for t in range(300):
+        o, no = rng.standard_normal((2, OBS))
+        for buf in buffers:
+            buf.add(o, rng.uniform(-1, 1, ACT) * 0 + t % 3, 1.0, no, False, t % 50 == 49)
+    plain, graphed = _plain_and_graphed()
+    assert graphed.input_batch() is None  # not captured yet
+    for seed in range(10):
+        batch = buffers[0].sample(B)
+        into = buffers[1].sample(B, out=graphed.input_batch())
+        assert seed == 0 or into is graphed.input_batch()
+        torch.manual_seed(seed)
+        m1 = plain.update(batch)
+        torch.manual_seed(seed)
+        m2 = graphed.update(into)
+        for k in m1:
+            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5)
