@@ -412,8 +412,9 @@ def test_a_graphed_update_on_a_batch_sampled_into_its_inputs():
     rng = np.random.default_rng(0)
     for t in range(300):
         o, no = rng.standard_normal((2, OBS))
+        action = rng.uniform(-1, 1, ACT)
         for buf in buffers:
-            buf.add(o, rng.uniform(-1, 1, ACT) * 0 + t % 3, 1.0, no, False, t % 50 == 49)
+            buf.add(o, action, 1.0, no, False, t % 50 == 49)
     plain, graphed = _plain_and_graphed()
     assert graphed.input_batch() is None  # not captured yet
     for seed in range(10):
