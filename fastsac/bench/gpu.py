@@ -4,8 +4,10 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
 - updates/s at HalfCheetah shapes (obs 17, action 6, 256x256, batch 256), sampled from a
   ``device="cuda"`` buffer: fastsac eager, TorchScript, TorchScript + CUDA graph, and the
   seed-style learner fed by its numpy buffer;
-- ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3), against the
-  seed-style buffer's batch moved to the GPU;
+- ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3; frames in host
+  and in device memory), against the seed-style buffer's batch moved to the GPU;
+- sample + pixel update per second with frames in host memory, prefetched, and in device
+  memory;
 - pixel updates/s (84x84, stack 3, batch 256), eager and CUDA graph;
 - end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
   fastsac's loop with a CUDA graph against the seed-style loop on the same GPU.
@@ -30,6 +32,7 @@ from fastsac.bench import update as bench_update
 from fastsac.bench._util import interleaved, log, median, row
 from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
+from fastsac.buffers import ReplayBuffer
 from fastsac.config import SACConfig
 from fastsac.sac import SAC
 
@@ -78,7 +81,31 @@ def _sample_rows(device: torch.device, quick: bool) -> list[dict]:
     img = bench_buffer.ImageSetup(sizes, device=device)
     rows.append(_sample_row("image", img.fast, img.seed_u8, "9x84x84 uint8 stacks", device,
                             quick))
-    return rows
+    state, config = img.fast.state_dict(), img.fast.config()
+    buffers = {"host memory": img.fast}
+    for name, kw in (("prefetch", dict(prefetch=True)), ("device memory", dict(memory="device"))):
+        buffers[name] = ReplayBuffer(**config, device=device, **kw)
+        buffers[name].load_state_dict(state)
+    del state
+    rows.append(_sample_row("image, device memory,", buffers["device memory"], img.seed_u8,
+                            "9x84x84 uint8 stacks", device, quick))
+    return rows + _image_loop_rows(buffers, device, quick)
+
+
+def _image_loop_rows(buffers: dict[str, ReplayBuffer], device: torch.device,
+                     quick: bool) -> list[dict]:
+    """Pixel updates fed by each kind of sampling: how much of sampling the update hides."""
+    batch, n = (16, 2) if quick else (BATCH, 10)
+    torch.manual_seed(0)
+    agent = SAC((9, 84, 84), (ACT,), SACConfig(compile="none",
+                                                cuda_graph=device.type == "cuda"), device)
+    fns = {k: _synced(lambda b=b: agent.update(b.sample(batch, out=agent.input_batch())), n,
+                      device) for k, b in buffers.items()}
+    log(f"gpu: timing sample + pixel update on {device}, {', '.join(buffers)}")
+    t = interleaved(fns, calls=1, blocks=2 if quick else 5, warmup=1)
+    return [row(f"sample + pixel update/s on {device}, {k} (batch {batch})", "1/s",
+                n / median(v), None, lower_is_better=False,
+                note="CUDA graph" if device.type == "cuda" else "") for k, v in t.items()]
 
 
 def _sample_row(name: str, fast: ReplayBuffer, seed, what: str, device: torch.device,
