@@ -15,6 +15,18 @@ OBS, ACT, B = 5, 3, 64
 HIDDEN = (16, 16)
 
 
+def assert_same_update(a: SAC, b: SAC, batch_a: Batch, batch_b: Batch, seed: int,
+                       rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """An update of each agent from the same RNG seed (so they draw the same noise) gives the
+    same metrics."""
+    torch.manual_seed(seed)
+    m1 = a.update(batch_a)
+    torch.manual_seed(seed)
+    m2 = b.update(batch_b)
+    for k in m1:
+        torch.testing.assert_close(m1[k], m2[k], rtol=rtol, atol=atol, msg=f"{k}, {seed}")
+
+
 def fixed_batch(seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     return Batch(obs=torch.randn(B, OBS, generator=g),
@@ -202,12 +214,7 @@ def test_jit_and_eager_networks_agree(log_std_mode):
     np.testing.assert_allclose(eager.act(obs, deterministic=True), jit.act(obs, True), atol=1e-6)
     for seed in range(3):
         batch = fixed_batch(seed)
-        torch.manual_seed(seed)
-        m1 = eager.update(batch)
-        torch.manual_seed(seed)
-        m2 = jit.update(batch)
-        for k in m1:
-            torch.testing.assert_close(m1[k], m2[k], rtol=1e-5, atol=1e-6)
+        assert_same_update(eager, jit, batch, batch, seed, rtol=1e-5, atol=1e-6)
 
 
 def test_act_shapes_and_bounds():
@@ -331,15 +338,9 @@ def _plain_and_graphed(device="cuda", **cfg):
 
 
 def _update_both(plain, graphed, seeds, device="cuda"):
-    """Each update of each agent starts from the same RNG seed, so they draw the same noise."""
     for seed in seeds:
         batch = Batch(*(t.to(device) for t in fixed_batch(seed % 7)))
-        torch.manual_seed(seed)
-        m1 = plain.update(batch)
-        torch.manual_seed(seed)
-        m2 = graphed.update(batch)
-        for k in m1:
-            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5, msg=f"{k}, {seed}")
+        assert_same_update(plain, graphed, batch, batch, seed)
 
 
 def _assert_same_parameters(a, b):
@@ -421,9 +422,4 @@ def test_a_graphed_update_on_a_batch_sampled_into_its_inputs():
         batch = buffers[0].sample(B)
         into = buffers[1].sample(B, out=graphed.input_batch())
         assert seed == 0 or into is graphed.input_batch()
-        torch.manual_seed(seed)
-        m1 = plain.update(batch)
-        torch.manual_seed(seed)
-        m2 = graphed.update(into)
-        for k in m1:
-            torch.testing.assert_close(m1[k], m2[k], rtol=1e-4, atol=1e-5)
+        assert_same_update(plain, graphed, batch, into, seed)
