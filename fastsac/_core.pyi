@@ -20,6 +20,10 @@ class ReplayCore:
     def add(self, obs: npt.NDArray, action: npt.NDArray[np.float32],
             reward: npt.NDArray[np.float32], next_obs: npt.NDArray,
             terminated: npt.NDArray[np.uint8], truncated: npt.NDArray[np.uint8]) -> None: ...
+    def add_steps(self, streams: npt.NDArray[np.int64], steps: int, obs: npt.NDArray,
+                  action: npt.NDArray[np.float32], reward: npt.NDArray[np.float32],
+                  next_obs: npt.NDArray, terminated: npt.NDArray[np.uint8],
+                  truncated: npt.NDArray[np.uint8]) -> None: ...
     @property
     def size(self) -> int: ...
     @property

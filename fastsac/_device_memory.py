@@ -36,32 +36,33 @@ class DeviceFrames:
     def nbytes(self) -> int:
         return self.frames.numel() * self.frames.element_size()
 
-    def keys(self, streams: list[int], obs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                 np.ndarray]:
-        """(obs keys, next_obs keys, whether each env's obs needs writing) for one ``add``,
-        given the core's stream state before it."""
-        words = np.asarray(streams, dtype=np.int64).reshape(-1, 4)
+    def keys(self, words: list[int], obs: np.ndarray, streams: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(obs keys, next_obs keys, whether each obs needs writing) for one step of
+        ``streams``, given the core's stream state (of all streams) before it."""
+        words = np.asarray(words, dtype=np.int64).reshape(-1, 4)[streams]
         count, running = words[:, 0], words[:, 3].astype(bool)
-        here = self._base + count % self.ring  # the slot the core writes next, per env
+        base = self._base[streams]
+        here = base + count % self.ring  # the slot the core writes next, per stream
         if self.transition:
             return 2 * here, 2 * here + 1, np.ones(len(count), bool)
         n = len(count)
         same = (obs.reshape(n, -1).view(np.uint8) ==
-                self.last_next.reshape(n, -1).view(np.uint8)).all(axis=1)
-        cont = running & self.known & same
-        after = self._base + (count + 1) % self.ring
-        last = self._base + (count - 1) % self.ring
+                self.last_next[streams].reshape(n, -1).view(np.uint8)).all(axis=1)
+        cont = running & self.known[streams] & same
+        after = base + (count + 1) % self.ring
+        last = base + (count - 1) % self.ring
         return np.where(cont, last, here), np.where(cont, here, after), ~cont
 
     def write(self, obs: np.ndarray, next_obs: np.ndarray, obs_keys: np.ndarray,
-              next_keys: np.ndarray, new_obs: np.ndarray) -> None:
-        """Store the frames of one ``add`` (after the core accepted it)."""
+              next_keys: np.ndarray, new_obs: np.ndarray, streams: np.ndarray) -> None:
+        """Store the frames of one step of ``streams`` (after the core accepted it)."""
         rows = np.concatenate([obs_keys[new_obs], next_keys])
         frames = np.concatenate([obs[new_obs], next_obs])
         self.frames[torch.from_numpy(rows).to(self.device)] = \
             torch.from_numpy(frames).to(self.device)
-        self.last_next[...] = next_obs
-        self.known[:] = True
+        self.last_next[streams] = next_obs
+        self.known[streams] = True
 
     def gather(self, keys: torch.Tensor, stacked_shape: tuple[int, ...],
                out: torch.Tensor | None = None) -> torch.Tensor:

@@ -51,21 +51,24 @@ def torch_dtype(dtype: np.dtype) -> torch.dtype:
         raise TypeError(f"obs_dtype {dtype} has no torch equivalent") from None
 
 
-def _rows(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.ndarray:
+def _rows(name: str, value, lead: int | tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """``value`` as an array of shape ``(lead, *shape)``, or ``(*lead, *shape)`` for a tuple
+    (a chunk of steps); with ``lead`` 1, ``shape`` alone is accepted too."""
     a = value if type(value) is np.ndarray else np.asarray(value)
-    if a.shape == (num_envs, *shape):
+    dims = (lead,) if type(lead) is int else lead
+    if a.shape == (*dims, *shape):
         return a
-    if num_envs == 1 and a.shape == shape:
+    if lead == 1 and a.shape == shape:
         return a.reshape(1, *shape)
-    want = f"({num_envs}, {', '.join(map(str, shape))})".replace(", )", ")")
-    alt = f" or {shape}" if num_envs == 1 else ""
+    want = f"({', '.join(map(str, (*dims, *shape)))})"
+    alt = f" or {shape}" if lead == 1 else ""
     raise ValueError(f"{name} must have shape {want}{alt}, got {a.shape}")
 
 
 # add() runs once per env step, so these do the least work when the input is already right.
 # NaN and inf (also from a float64 -> float32 overflow, so callers silence numpy's overflow
 # warning) are rejected by the core before it writes anything, naming the argument.
-def as_obs(name: str, value, num_envs: int, shape: tuple[int, ...],
+def as_obs(name: str, value, num_envs: int | tuple[int, ...], shape: tuple[int, ...],
            dtype: np.dtype) -> np.ndarray:
     """Observations cast to the stored dtype, refusing casts that could change values."""
     a = _rows(name, value, num_envs, shape)
@@ -85,7 +88,8 @@ def as_obs(name: str, value, num_envs: int, shape: tuple[int, ...],
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def as_float32(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.ndarray:
+def as_float32(name: str, value, num_envs: int | tuple[int, ...],
+               shape: tuple[int, ...]) -> np.ndarray:
     """Real numbers as float32 (actions, rewards)."""
     a = _rows(name, value, num_envs, shape)
     if a.dtype != np.float32 or not a.flags.c_contiguous:
@@ -95,7 +99,7 @@ def as_float32(name: str, value, num_envs: int, shape: tuple[int, ...]) -> np.nd
     return a
 
 
-def as_flags(name: str, value, num_envs: int) -> np.ndarray:
+def as_flags(name: str, value, num_envs: int | tuple[int, ...]) -> np.ndarray:
     """Booleans as uint8 0/1 (a bool array is passed through as its bytes); ints must be 0/1."""
     a = _rows(name, value, num_envs, ())
     if a.dtype == np.bool_:

@@ -181,34 +181,79 @@ class ReplayBuffer:
                 f" device={str(self.device)!r})")
 
     # -- writing --------------------------------------------------------------------------
-    def add(self, obs, action, reward, next_obs, terminated, truncated) -> None:
-        """Store one step of every env stream.
+    def add(self, obs, action, reward, next_obs, terminated, truncated, *,
+            streams=None) -> None:
+        """Store one step of every env stream (or of ``streams``, a sequence of distinct
+        stream indices: the arrays' leading axis then follows it).
 
         ``terminated``: the step ended the episode in a terminal state (no bootstrap).
         ``truncated``: the episode was cut (time limit); it bootstraps from ``next_obs``.
         With ``num_envs > 1`` every argument has a leading ``num_envs`` axis.
         Raises ``ValueError``/``TypeError`` naming the argument; then nothing is stored.
         """
-        n = self.num_envs
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: the core rejects it
-            o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
-            no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
-            a = as_float32("action", action, n, self.action_shape)
-            r = as_float32("reward", reward, n, ())
-        te = as_flags("terminated", terminated, n)
-        tr = as_flags("truncated", truncated, n)
-        self._settle()
-        if self._frames is None:
+        if streams is None and self._frames is None:  # the common case, kept short
+            n = self.num_envs
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: rejected
+                o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
+                no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
+                a = as_float32("action", action, n, self.action_shape)
+                r = as_float32("reward", reward, n, ())
+            te = as_flags("terminated", terminated, n)
+            tr = as_flags("truncated", truncated, n)
+            self._settle()
             self._core.add(o, a, r, no, te, tr)
             return
-        if self.obs_dtype.kind == "f":  # the core sees keys, not these frames
-            for name, x in (("obs", o), ("next_obs", no)):
-                if not np.isfinite(x).all():
-                    raise ValueError(f"{name} must be finite (no NaN or inf)")
-        with self._lock:
-            obs_keys, next_keys, new_obs = self._frames.keys(self._core.stream_state(), o)
-            self._core.add(obs_keys, a, r, next_keys, te, tr)
-            self._frames.write(o, no, obs_keys, next_keys, new_obs)
+        idx = self._stream_indices(streams)
+        self._add_steps(idx, None, obs, action, reward, next_obs, terminated, truncated)
+
+    def add_chunk(self, obs, action, reward, next_obs, terminated, truncated, *,
+                  streams=None) -> None:
+        """Store T consecutive steps of every env stream (or of ``streams``) in one call:
+        every argument has leading axes (T, number of streams). The same as T ``add`` calls,
+        checked as a whole first: a rejected chunk stores nothing."""
+        idx = self._stream_indices(streams)
+        if np.ndim(obs) < 1:
+            raise ValueError("obs must have leading axes (steps, streams)")
+        self._add_steps(idx, len(obs), obs, action, reward, next_obs, terminated, truncated)
+
+    def _stream_indices(self, streams) -> np.ndarray:
+        if streams is None:
+            return np.arange(self.num_envs, dtype=np.int64)
+        a = np.asarray(streams)
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise TypeError(f"streams must be a sequence of ints, got {streams!r}")
+        if not len(a) or a.min() < 0 or a.max() >= self.num_envs or len(set(a.tolist())) < len(a):
+            raise ValueError(f"streams must be distinct indices in [0, {self.num_envs}), got "
+                             f"{a.tolist()}")
+        return a.astype(np.int64)
+
+    def _add_steps(self, idx: np.ndarray, steps: int | None, obs, action, reward, next_obs,
+                   terminated, truncated) -> None:
+        """``steps`` steps of streams ``idx`` (None: one step, arrays without the step axis)."""
+        lead = len(idx) if steps is None else (steps, len(idx))
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: rejected
+            o = as_obs("obs", obs, lead, self.obs_shape, self.obs_dtype)
+            no = as_obs("next_obs", next_obs, lead, self.obs_shape, self.obs_dtype)
+            a = as_float32("action", action, lead, self.action_shape)
+            r = as_float32("reward", reward, lead, ())
+        te = as_flags("terminated", terminated, lead)
+        tr = as_flags("truncated", truncated, lead)
+        self._settle()
+        if self._frames is None:
+            self._core.add_steps(idx, steps or 1, o, a, r, no, te, tr)
+            return
+        # Device memory: the core sees keys, so the frames (and, since the steps go to the core
+        # one by one, everything else) are checked here, before any step is stored.
+        checks = [("obs", o), ("next_obs", no)] if self.obs_dtype.kind == "f" else []
+        for name, x in (*checks, ("action", a), ("reward", r)):
+            if not np.isfinite(x).all():
+                raise ValueError(f"{name} must be finite (no NaN or inf)")
+        rows = [(o, a, r, no, te, tr)] if steps is None else zip(o, a, r, no, te, tr)
+        for o1, a1, r1, no1, te1, tr1 in rows:
+            with self._lock:
+                obs_keys, next_keys, new = self._frames.keys(self._core.stream_state(), o1, idx)
+                self._core.add_steps(idx, 1, obs_keys, a1, r1, next_keys, te1, tr1)
+                self._frames.write(o1, no1, obs_keys, next_keys, new, idx)
 
     # -- sampling -------------------------------------------------------------------------
     def end_episodes(self) -> None:

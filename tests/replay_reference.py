@@ -88,6 +88,14 @@ class ReplayReference:
             self._add_one(self.streams[e], obs[e].copy(), action[e].copy(), float(reward[e]),
                           next_obs[e].copy(), bool(terminated[e]), bool(truncated[e]))
 
+    def add_to(self, streams, obs, action, reward, next_obs, terminated, truncated):
+        """One step of the listed streams: arrays with a leading ``len(streams)`` axis."""
+        for i, e in enumerate(streams):
+            self._add_one(self.streams[e], np.array(obs[i], self.obs_dtype),
+                          np.array(action[i], np.float32).reshape(self.action_shape),
+                          float(np.float32(reward[i])), np.array(next_obs[i], self.obs_dtype),
+                          bool(terminated[i]), bool(truncated[i]))
+
     def _add_one(self, s: Stream, obs, action, reward, next_obs, term, trunc):
         ep = s.running()
         if self.storage == "episode":

@@ -17,11 +17,13 @@ from buffer_helpers import (
     SETTINGS,
     STARTS,
     Driver,
+    action_for,
     add1,
     assert_unchanged,
     bytes_equal,
     check_against_reference,
     filled,
+    frame,
     make_pair,
     names,
     snapshot,
@@ -30,6 +32,7 @@ from buffer_helpers import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from replay_reference import ReplayReference
 
 from fastsac import Batch, ReplayBuffer
 
@@ -670,3 +673,83 @@ def test_sampling_into_the_wrong_tensors_is_refused_by_name_and_draws_nothing():
         with pytest.raises((ValueError, TypeError), match="out"):
             buf.sample(4, out=out)
     assert_unchanged(buf, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# steps of some streams, and chunks of consecutive steps
+# ---------------------------------------------------------------------------------------------
+class StreamFeeder:
+    """Steps for any streams, frames carrying their identity: an obs continues its stream's
+    last next_obs unless that step ended the episode or a 'break' is drawn."""
+
+    def __init__(self, buf: ReplayBuffer, rng):
+        self.buf, self.rng, self.next_id, self.step_id = buf, rng, 1, 1
+        self.last = [None] * buf.num_envs
+        self.ended = [True] * buf.num_envs
+
+    def steps(self, streams, count: int):
+        b, rows = self.buf, []
+        for _ in range(count):
+            step = {k: [] for k in ("obs", "action", "reward", "next_obs", "term", "trunc")}
+            for e in streams:
+                start, end = self.rng.choice(STARTS), self.rng.choice(ENDS)
+                if self.last[e] is None or start == "break" or (self.ended[e] and start != "reuse"):
+                    o, self.next_id = self.next_id, self.next_id + 1
+                else:
+                    o = self.last[e]
+                no, self.next_id = self.next_id, self.next_id + 1
+                self.last[e], self.ended[e] = no, end is not None
+                step["obs"].append(frame(o, b.obs_dtype, b.obs_shape))
+                step["next_obs"].append(frame(no, b.obs_dtype, b.obs_shape))
+                step["action"].append(action_for(self.step_id, b.action_shape))
+                step["reward"].append(self.rng.uniform(-3, 3))
+                step["term"].append(end in ("term", "both"))
+                step["trunc"].append(end in ("trunc", "both"))
+                self.step_id += 1
+            rows.append(step)
+        order = ("obs", "action", "reward", "next_obs", "term", "trunc")
+        return [np.array([[*r[k]] for r in rows]) for k in order]
+
+
+@pytest.mark.parametrize("memory", ["host", "device"])
+@settings(max_examples=150, **SETTINGS)
+@given(scenarios(), st.data())
+def test_steps_of_some_streams_and_chunks_match_the_reference(memory, scenario, data):
+    cfg, _, _, _, data_seed = scenario
+    buf = ReplayBuffer(**cfg, memory=memory)
+    ref = ReplayReference(**{k: v for k, v in cfg.items() if k != "seed"})
+    feed = StreamFeeder(buf, np.random.default_rng(data_seed))
+    n = buf.num_envs
+    for _ in range(data.draw(st.integers(1, 8))):
+        streams = data.draw(st.permutations(range(n)).map(
+            lambda p: p[:data.draw(st.integers(1, n))]))
+        steps = data.draw(st.integers(1, 6))
+        obs, action, reward, next_obs, term, trunc = feed.steps(streams, steps)
+        if steps == 1 and data.draw(st.booleans()):
+            buf.add(obs[0], action[0], reward[0], next_obs[0], term[0], trunc[0],
+                    streams=streams)
+        else:
+            buf.add_chunk(obs, action, reward, next_obs, term, trunc, streams=streams)
+        for t in range(steps):
+            ref.add_to(streams, obs[t], action[t], reward[t], next_obs[t], term[t], trunc[t])
+        assert len(buf) == len(ref) and buf.num_sampleable == ref.num_sampleable
+    check_against_reference(buf, ref)
+
+
+def test_a_chunk_with_a_bad_step_or_bad_streams_stores_nothing():
+    buf, _, _ = filled()
+    feed = StreamFeeder(buf, np.random.default_rng(0))
+    obs, action, reward, next_obs, term, trunc = feed.steps([2, 0], 4)
+    before = snapshot(buf)
+    bad_reward = reward.copy()
+    bad_reward[-1, -1] = np.nan  # the last step of the last stream
+    for kwargs, name in ((dict(reward=bad_reward), "reward"),
+                         (dict(obs=obs[:, :1]), "obs"),
+                         (dict(streams=[2, 2]), "streams"), (dict(streams=[0, 3]), "streams"),
+                         (dict(streams=[]), "streams"), (dict(streams=[0.0, 1.0]), "streams")):
+        args = {**dict(obs=obs, action=action, reward=reward, next_obs=next_obs,
+                       terminated=term, truncated=trunc, streams=[2, 0]), **kwargs}
+        with pytest.raises((ValueError, TypeError)) as exc:
+            buf.add_chunk(**args)
+        assert names(str(exc.value), name), (name, exc.value)
+        assert_unchanged(buf, before)

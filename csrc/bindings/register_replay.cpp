@@ -135,6 +135,27 @@ void register_replay(py::module_& m) {
             self.add(o, a, r, no, te, tr);
           },
           "One step of every env (arrays validated and cast by fastsac.ReplayBuffer).")
+      .def(
+          "add_steps",
+          [](ReplayCore& self, const py::array& streams, int64_t steps, const py::array& obs,
+             const py::array& action, const py::array& reward, const py::array& next_obs,
+             const py::array& terminated, const py::array& truncated) {
+            const auto& c = self.config();
+            const int64_t count = static_cast<int64_t>(streams.size());
+            const int64_t n = count * steps;
+            if (steps < 1 || count < 1) throw std::invalid_argument("no rows to add");
+            auto* s = checked<int64_t>(streams, count * 8, 8, "streams", false);
+            auto* o = checked(obs, n * c.frame_bytes, obs.itemsize(), "obs", false);
+            auto* a = checked_floats(action, n * c.action_dim, "action", false);
+            auto* r = checked_floats(reward, n, "reward", false);
+            auto* no = checked(next_obs, n * c.frame_bytes, next_obs.itemsize(), "next_obs", false);
+            auto* te = checked(terminated, n, 1, "terminated", false);
+            auto* tr = checked(truncated, n, 1, "truncated", false);
+            py::gil_scoped_release nogil;
+            self.add_steps(s, count, steps, o, a, r, no, te, tr);
+          },
+          "Steps of some streams: arrays of steps x len(streams) rows (validated and cast by "
+          "fastsac.ReplayBuffer).")
       .def_property_readonly("size", &ReplayCore::size)
       .def_property_readonly("num_sampleable", &ReplayCore::num_sampleable)
       .def_property_readonly("capacity", &ReplayCore::capacity)

@@ -149,26 +149,44 @@ void ReplayCore::end_episodes() {
 void ReplayCore::add(const uint8_t* obs, const float* action, const float* reward,
                      const uint8_t* next_obs, const uint8_t* terminated,
                      const uint8_t* truncated) {
+  std::vector<int64_t> all(static_cast<size_t>(cfg_.num_envs));
+  for (int64_t e = 0; e < cfg_.num_envs; ++e) all[e] = e;
+  add_steps(all.data(), cfg_.num_envs, 1, obs, action, reward, next_obs, terminated, truncated);
+}
+
+void ReplayCore::add_steps(const int64_t* streams, int64_t count, int64_t steps,
+                           const uint8_t* obs, const float* action, const float* reward,
+                           const uint8_t* next_obs, const uint8_t* terminated,
+                           const uint8_t* truncated) {
   // Check everything before writing anything, so a rejected call changes nothing.
-  const int64_t frames_bytes = cfg_.num_envs * cfg_.frame_bytes;
+  require(count >= 1 && count <= cfg_.num_envs && steps >= 1, "no rows to add");
+  std::vector<bool> seen(static_cast<size_t>(cfg_.num_envs), false);
+  for (int64_t i = 0; i < count; ++i) {
+    require(streams[i] >= 0 && streams[i] < cfg_.num_envs && !seen[streams[i]],
+            "streams must be distinct indices of env streams");
+    seen[streams[i]] = true;
+  }
+  const int64_t rows = steps * count;
+  const int64_t frames_bytes = rows * cfg_.frame_bytes;
   require(frames_finite(obs, frames_bytes, cfg_.obs_float_bytes),
           "obs must be finite (no NaN or inf)");
   require(frames_finite(next_obs, frames_bytes, cfg_.obs_float_bytes),
           "next_obs must be finite (no NaN or inf)");
-  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
-    require(std::isfinite(reward[e]), "reward must be finite");
+  for (int64_t r = 0; r < rows; ++r) {
+    require(std::isfinite(reward[r]), "reward must be finite");
     for (int64_t i = 0; i < cfg_.action_dim; ++i)
-      require(std::isfinite(action[e * cfg_.action_dim + i]), "action must be finite");
+      require(std::isfinite(action[r * cfg_.action_dim + i]), "action must be finite");
   }
   std::lock_guard<std::recursive_mutex> lock(mutex_);
-  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
-    const uint8_t* o = obs + e * cfg_.frame_bytes;
-    const uint8_t* no = next_obs + e * cfg_.frame_bytes;
-    const float* a = action + e * cfg_.action_dim;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t e = streams[r % count];
+    const uint8_t* o = obs + r * cfg_.frame_bytes;
+    const uint8_t* no = next_obs + r * cfg_.frame_bytes;
+    const float* a = action + r * cfg_.action_dim;
     if (cfg_.storage == Storage::Episode)
-      add_episode(e, o, a, reward[e], no, terminated[e] != 0, truncated[e] != 0);
+      add_episode(e, o, a, reward[r], no, terminated[r] != 0, truncated[r] != 0);
     else
-      add_transition(e, o, a, reward[e], no, terminated[e] != 0, truncated[e] != 0);
+      add_transition(e, o, a, reward[r], no, terminated[r] != 0, truncated[r] != 0);
   }
 }
 

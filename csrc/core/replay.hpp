@@ -86,6 +86,13 @@ class ReplayCore {
   void add(const uint8_t* obs, const float* action, const float* reward, const uint8_t* next_obs,
            const uint8_t* terminated, const uint8_t* truncated);
 
+  // `steps` consecutive steps of the streams listed in `streams` (`count` distinct indices):
+  // arrays hold steps x count rows, row (t, i) being step t of stream streams[i]. Everything is
+  // checked (indices included) before anything is written, under one hold of the lock.
+  void add_steps(const int64_t* streams, int64_t count, int64_t steps, const uint8_t* obs,
+                 const float* action, const float* reward, const uint8_t* next_obs,
+                 const uint8_t* terminated, const uint8_t* truncated);
+
   // Ends every stream's running episode as truncated at its last observation, so that the
   // next add() starts a new episode even when its obs equals that observation.
   void end_episodes();
