@@ -12,7 +12,8 @@ from fastsac import cli
 EXPECTED = ("vector sample", "image sample, batch", "image sample vs seed uint8",
             "image gather bandwidth", "memcpy bandwidth (np.copyto", "memcpy bandwidth (32.5",
             "memory per image step vs seed float32", "memory per image step vs seed uint8",
-            "memory per vector step", "vector fill", "image fill")
+            "memory per vector step", "vector fill", "image fill", "vector ingest",
+            "image ingest")
 
 
 def test_bench_buffer_quick(tmp_path, capsys):

@@ -324,6 +324,44 @@ def image_fill_row(img: ImageSetup) -> dict:
                     "(informational)")
 
 
+# -- ingest: what one learner can absorb ------------------------------------------------------
+CHUNK_STEPS, CHUNK_STREAMS = 64, 8  # a worker's chunk: 64 steps of 8 env streams
+
+
+def ingest_row(kind: str, quick: bool) -> dict:
+    """Seconds per env step stored: ``add_chunk`` of a worker-sized chunk against one
+    ``add`` call per step of the same 8 streams, frames of the seed-style kind (vector 17
+    float32 or one 3x84x84 uint8 frame); episodes of 1,000 steps."""
+    steps = 8 if quick else CHUNK_STEPS
+    shape, dtype = ((VEC_OBS,), np.float32) if kind == "vector" else (FRAME, np.uint8)
+    rng = np.random.default_rng(0)
+    frames = (rng.integers(0, 256, (steps + 1, CHUNK_STREAMS, *shape)) if dtype == np.uint8
+              else rng.standard_normal((steps + 1, CHUNK_STREAMS, *shape))).astype(dtype)
+    action = rng.uniform(-1, 1, (steps, CHUNK_STREAMS, ACTION)).astype(np.float32)
+    reward = rng.standard_normal((steps, CHUNK_STREAMS)).astype(np.float32)
+    flags = np.zeros((steps, CHUNK_STREAMS), bool)
+    bufs = [ReplayBuffer(CHUNK_STREAMS * 4 * (steps + 1), shape, ACTION, obs_dtype=dtype,
+                         num_envs=CHUNK_STREAMS, seed=0) for _ in range(2)]
+
+    def chunk():
+        bufs[0].end_episodes()  # each call a new episode, as a new chunk of new frames is
+        bufs[0].add_chunk(frames[:-1], action, reward, frames[1:], flags, flags)
+
+    def per_step():
+        bufs[1].end_episodes()
+        for t in range(steps):
+            bufs[1].add(frames[t], action[t], reward[t], frames[t + 1], flags[t], flags[t])
+    t = interleaved({"chunk": chunk, "step": per_step}, calls=3 if quick else 20,
+                    blocks=3 if quick else 15)
+    us = 1e6 / (steps * CHUNK_STREAMS)
+    chunk_us, step_us = median(t["chunk"]) * us, median(t["step"]) * us
+    return row(f"{kind} ingest, add_chunk of {steps} steps x {CHUNK_STREAMS} streams", "us",
+               chunk_us, step_us, lower_is_better=True,
+               note=f"per env step stored; the baseline column is one add() call per step of "
+                    f"the same {CHUNK_STREAMS} streams (not seed-style). One learner can absorb "
+                    f"about {1e6 / chunk_us:,.0f} env steps/s of these with nothing else to do")
+
+
 # -- the whole suite -----------------------------------------------------------------------
 def run(quick: bool = False) -> list[dict]:
     """All buffer rows; ``quick`` uses tiny buffers (seconds) instead of the real sizes."""
@@ -340,6 +378,8 @@ def run(quick: bool = False) -> list[dict]:
             image_bandwidth_row(img, mc), *memcpy_rows(mc), *image_memory_rows(img), vec_rows[1],
             vec_rows[2], image_fill_row(img)]
     del img
+    log("ingest: timing add_chunk against add per step")
+    rows += [ingest_row("vector", quick), ingest_row("image", quick)]
     log(f"buffer: done in {time.perf_counter() - t0:.1f}s")
     return rows
 
