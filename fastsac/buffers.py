@@ -125,6 +125,7 @@ class ReplayBuffer:
             self.num_envs, ring, self.obs_shape, self.obs_dtype, torch_dtype(self.obs_dtype),
             storage == "transition", self.device) if memory == "device" else None
         self._lock = threading.Lock()  # device memory: a core add and its frames' write
+        self._all_streams = np.arange(self.num_envs, dtype=np.int64)
         self._core = self._new_core()
         self._staging: dict[int, Staging] = {}
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -192,16 +193,10 @@ class ReplayBuffer:
         Raises ``ValueError``/``TypeError`` naming the argument; then nothing is stored.
         """
         if streams is None and self._frames is None:  # the common case, kept short
-            n = self.num_envs
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: rejected
-                o = as_obs("obs", obs, n, self.obs_shape, self.obs_dtype)
-                no = as_obs("next_obs", next_obs, n, self.obs_shape, self.obs_dtype)
-                a = as_float32("action", action, n, self.action_shape)
-                r = as_float32("reward", reward, n, ())
-            te = as_flags("terminated", terminated, n)
-            tr = as_flags("truncated", truncated, n)
+            rows = self._checked(self.num_envs, obs, action, reward, next_obs, terminated,
+                                 truncated)
             self._settle()
-            self._core.add(o, a, r, no, te, tr)
+            self._core.add_steps(self._all_streams, 1, *rows)
             return
         idx = self._stream_indices(streams)
         self._add_steps(idx, None, obs, action, reward, next_obs, terminated, truncated)
@@ -216,9 +211,19 @@ class ReplayBuffer:
             raise ValueError("obs must have leading axes (steps, streams)")
         self._add_steps(idx, len(obs), obs, action, reward, next_obs, terminated, truncated)
 
+    def _checked(self, lead, obs, action, reward, next_obs, terminated, truncated) -> tuple:
+        """The arguments of ``add`` as the core takes them, rows of shape ``(*lead, ...)``."""
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: rejected
+            o = as_obs("obs", obs, lead, self.obs_shape, self.obs_dtype)
+            no = as_obs("next_obs", next_obs, lead, self.obs_shape, self.obs_dtype)
+            a = as_float32("action", action, lead, self.action_shape)
+            r = as_float32("reward", reward, lead, ())
+        return (o, a, r, no, as_flags("terminated", terminated, lead),
+                as_flags("truncated", truncated, lead))
+
     def _stream_indices(self, streams) -> np.ndarray:
         if streams is None:
-            return np.arange(self.num_envs, dtype=np.int64)
+            return self._all_streams
         a = np.asarray(streams)
         if a.dtype.kind not in "iu" or a.ndim != 1:
             raise TypeError(f"streams must be a sequence of ints, got {streams!r}")
@@ -231,13 +236,8 @@ class ReplayBuffer:
                    terminated, truncated) -> None:
         """``steps`` steps of streams ``idx`` (None: one step, arrays without the step axis)."""
         lead = len(idx) if steps is None else (steps, len(idx))
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: rejected
-            o = as_obs("obs", obs, lead, self.obs_shape, self.obs_dtype)
-            no = as_obs("next_obs", next_obs, lead, self.obs_shape, self.obs_dtype)
-            a = as_float32("action", action, lead, self.action_shape)
-            r = as_float32("reward", reward, lead, ())
-        te = as_flags("terminated", terminated, lead)
-        tr = as_flags("truncated", truncated, lead)
+        o, a, r, no, te, tr = self._checked(lead, obs, action, reward, next_obs, terminated,
+                                            truncated)
         self._settle()
         if self._frames is None:
             self._core.add_steps(idx, steps or 1, o, a, r, no, te, tr)

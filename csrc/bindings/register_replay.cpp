@@ -119,23 +119,6 @@ void register_replay(py::module_& m) {
            py::arg("frame_stack"), py::arg("n_step"), py::arg("gamma"), py::arg("transition"),
            py::arg("seed"), py::arg("obs_float_bytes") = 0)
       .def(
-          "add",
-          [](ReplayCore& self, const py::array& obs, const py::array& action,
-             const py::array& reward, const py::array& next_obs, const py::array& terminated,
-             const py::array& truncated) {
-            const auto& c = self.config();
-            const int64_t n = c.num_envs;
-            auto* o = checked(obs, n * c.frame_bytes, obs.itemsize(), "obs", false);
-            auto* a = checked_floats(action, n * c.action_dim, "action", false);
-            auto* r = checked_floats(reward, n, "reward", false);
-            auto* no = checked(next_obs, n * c.frame_bytes, next_obs.itemsize(), "next_obs", false);
-            auto* te = checked(terminated, n, 1, "terminated", false);
-            auto* tr = checked(truncated, n, 1, "truncated", false);
-            py::gil_scoped_release nogil;
-            self.add(o, a, r, no, te, tr);
-          },
-          "One step of every env (arrays validated and cast by fastsac.ReplayBuffer).")
-      .def(
           "add_steps",
           [](ReplayCore& self, const py::array& streams, int64_t steps, const py::array& obs,
              const py::array& action, const py::array& reward, const py::array& next_obs,

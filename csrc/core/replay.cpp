@@ -146,14 +146,6 @@ void ReplayCore::end_episodes() {
   }
 }
 
-void ReplayCore::add(const uint8_t* obs, const float* action, const float* reward,
-                     const uint8_t* next_obs, const uint8_t* terminated,
-                     const uint8_t* truncated) {
-  std::vector<int64_t> all(static_cast<size_t>(cfg_.num_envs));
-  for (int64_t e = 0; e < cfg_.num_envs; ++e) all[e] = e;
-  add_steps(all.data(), cfg_.num_envs, 1, obs, action, reward, next_obs, terminated, truncated);
-}
-
 void ReplayCore::add_steps(const int64_t* streams, int64_t count, int64_t steps,
                            const uint8_t* obs, const float* action, const float* reward,
                            const uint8_t* next_obs, const uint8_t* terminated,

@@ -81,14 +81,10 @@ class ReplayCore {
  public:
   explicit ReplayCore(const ReplayConfig& config);
 
-  // One step of every env: arrays hold num_envs rows. Rows must already be validated; the
-  // core only re-checks what could corrupt its memory.
-  void add(const uint8_t* obs, const float* action, const float* reward, const uint8_t* next_obs,
-           const uint8_t* terminated, const uint8_t* truncated);
-
   // `steps` consecutive steps of the streams listed in `streams` (`count` distinct indices):
-  // arrays hold steps x count rows, row (t, i) being step t of stream streams[i]. Everything is
-  // checked (indices included) before anything is written, under one hold of the lock.
+  // arrays hold steps x count rows, row (t, i) being step t of stream streams[i]. Rows must
+  // already be validated; the core re-checks what could corrupt its memory (indices included)
+  // before it writes anything, then writes under one hold of the lock.
   void add_steps(const int64_t* streams, int64_t count, int64_t steps, const uint8_t* obs,
                  const float* action, const float* reward, const uint8_t* next_obs,
                  const uint8_t* terminated, const uint8_t* truncated);
