@@ -21,6 +21,7 @@ COMPILE_MODES = ("jit", "torch", "none")
 LOG_STD_MODES = ("clamp", "tanh")
 DEVICES = ("auto", "cpu", "cuda")
 MEMORIES = ("host", "device")
+VECTOR_ENVS = ("sync", "async")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,13 @@ class TrainConfig:
     seed: int = 0
     """Seeds torch, the replay buffer, warm-up actions and every episode's reset."""
     num_envs: int = 1
-    """Envs stepped together (a gymnasium SyncVectorEnv)."""
+    """Envs stepped together (a gymnasium vector env, see vector_env)."""
+    vector_env: str = "sync"
+    """How the envs step: "sync" (one after the other, in this process) or "async" (each in a
+    subprocess of its own, stepping in parallel: for envs slow enough to pay for the pipes).
+    Async envs run in fresh processes: a script that trains with them needs Python's
+    `if __name__ == "__main__":` guard, and an env it registers itself must be registered on
+    import of a module those processes import."""
     pixels: bool = False
     """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
     image_size: int = 84
@@ -159,6 +166,7 @@ class TrainConfig:
                              f"got {self.updates_per_step}")
         check_choice("device", self.device, DEVICES)
         check_choice("buffer_memory", self.buffer_memory, MEMORIES)
+        check_choice("vector_env", self.vector_env, VECTOR_ENVS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

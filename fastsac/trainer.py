@@ -56,9 +56,15 @@ class Trainer:
         self.device = _resolve_device(config.device)
         c = config
         try:
-            self.envs = gym.vector.SyncVectorEnv(
-                [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs,
-                autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+            fns = [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs
+            if c.vector_env == "async":
+                # Subprocesses from a fresh server process, not forks of this one: a fork
+                # inherits other threads' locks (a software GL renderer's, torch's) and hangs.
+                self.envs = gym.vector.AsyncVectorEnv(
+                    fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED, context="forkserver")
+            else:
+                self.envs = gym.vector.SyncVectorEnv(
+                    fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         except gym.error.Error as exc:  # an unknown id, a missing extra: the env option's
             raise ValueError(f"env {c.env!r}: {exc}") from exc
         try:

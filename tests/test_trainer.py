@@ -71,6 +71,17 @@ def test_autoreset_stores_no_transition_joining_two_episodes(tmp_path, num_envs)
     check_no_transition_joins_episodes(r.buffer, TINY.gamma)
 
 
+def test_async_envs_train_exactly_as_sync_envs(tmp_path):
+    """--vector-env async steps each env in a subprocess; with the same seeds its episodes,
+    and so the whole run, are the sync run's."""
+    runs = [train(quick(tmp_path / v, num_envs=2, total_steps=300, vector_env=v))
+            for v in ("sync", "async")]
+    a, b = (r.buffer.state_dict() for r in runs)
+    for k in ("storage", "streams", "rng"):
+        assert np.array_equal(a[k], b[k]), k
+    assert all(torch.equal(p, q) for p, q in zip(params(runs[0].agent), params(runs[1].agent)))
+
+
 def test_terminations_and_truncations_reach_the_buffer_apart(tmp_path):
     r = train(quick(tmp_path, env="fastsac-test/Counter-v0", total_steps=600,
                     learning_starts=10_000))
