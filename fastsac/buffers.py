@@ -80,6 +80,7 @@ class ReplayBuffer:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
         self.obs_dtype = obs_dtype_of(obs_dtype)
+        self._torch_obs_dtype = torch_dtype(self.obs_dtype)
         self.num_envs = check_count("num_envs", num_envs)
         self.frame_stack = check_count("frame_stack", frame_stack)
         self.n_step = check_count("n_step", n_step)
@@ -89,8 +90,7 @@ class ReplayBuffer:
         if not 0 <= gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
-        if storage not in STORAGES:
-            raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        check_choice("storage", storage, STORAGES)
         self.storage = storage
         ring = capacity // self.num_envs
         min_ring = 2 if storage == "episode" else 1
@@ -122,10 +122,11 @@ class ReplayBuffer:
         self.memory = memory
         self._ring = ring
         self._frames = DeviceFrames(
-            self.num_envs, ring, self.obs_shape, self.obs_dtype, torch_dtype(self.obs_dtype),
+            self.num_envs, ring, self.obs_shape, self.obs_dtype, self._torch_obs_dtype,
             storage == "transition", self.device) if memory == "device" else None
         self._lock = threading.Lock()  # device memory: a core add and its frames' write
         self._all_streams = np.arange(self.num_envs, dtype=np.int64)
+        self._out_checked: Batch | None = None
         self._core = self._new_core()
         self._staging: dict[int, Staging] = {}
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -273,8 +274,9 @@ class ReplayBuffer:
         # Hot path: a known batch size goes straight to its staging.
         if type(batch_size) is not int:
             batch_size = check_count("batch_size", batch_size)
-        if out is not None:
+        if out is not None and (out is not self._out_checked or batch_size != len(out.reward)):
             self._check_out(out, batch_size)
+            self._out_checked = out  # a CUDA graph's inputs come back every update
         if self._prefetcher is not None:
             batch = self._prefetcher.sample(batch_size)
             if out is None:
@@ -295,10 +297,10 @@ class ReplayBuffer:
 
     def _check_out(self, out, batch_size: int) -> None:
         expected = Batch(
-            obs=((batch_size, *self.stacked_obs_shape), torch_dtype(self.obs_dtype)),
+            obs=((batch_size, *self.stacked_obs_shape), self._torch_obs_dtype),
             action=((batch_size, *self.action_shape), torch.float32),
             reward=((batch_size,), torch.float32),
-            next_obs=((batch_size, *self.stacked_obs_shape), torch_dtype(self.obs_dtype)),
+            next_obs=((batch_size, *self.stacked_obs_shape), self._torch_obs_dtype),
             discount=((batch_size,), torch.float32))
         if not isinstance(out, Batch):
             raise TypeError(f"out must be a Batch of tensors, got {type(out).__name__}")
@@ -336,7 +338,7 @@ class ReplayBuffer:
         if self._frames is not None:  # the stacks' keys
             obs_shape, obs_dtype = (self.frame_stack,), torch.int64
         else:
-            obs_shape, obs_dtype = self.stacked_obs_shape, torch_dtype(self.obs_dtype)
+            obs_shape, obs_dtype = self.stacked_obs_shape, self._torch_obs_dtype
         return Staging(self._core, batch_size, obs_shape, obs_dtype, self.action_shape,
                        self.device, self.pin_memory)
 

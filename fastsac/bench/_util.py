@@ -59,6 +59,20 @@ def interleaved(fns: dict[str, Callable[[], object]], calls: int | dict[str, int
     return out
 
 
+def block(fn: Callable[[], object], n: int, device: torch.device | str = "cpu"
+          ) -> Callable[[], None]:
+    """``n`` calls of ``fn``, then (on CUDA) a wait for the GPU: one timed block's worth, so
+    that queued GPU work is counted."""
+    device = torch.device(device)
+
+    def run() -> None:
+        for _ in range(n):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return run
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,22 +28,12 @@ from fastsac.batch import Batch
 from fastsac.bench import buffer as bench_buffer
 from fastsac.bench import train as bench_train
 from fastsac.bench import update as bench_update
-from fastsac.bench._util import interleaved, log, median, row
+from fastsac.bench._util import block, interleaved, log, median, row
 from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import SACConfig
 from fastsac.sac import SAC
-
-
-def _synced(fn: Callable[[], object], n: int, device: torch.device) -> Callable[[], None]:
-    """``n`` calls of ``fn``, then a wait for the GPU: one timed block's worth."""
-    def block() -> None:
-        for _ in range(n):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return block
 
 
 def _update_rows(device: torch.device, quick: bool) -> list[dict]:
@@ -60,9 +49,9 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
             agents[name] = SAC((OBS,), (ACT,), cfg, device)
     seed = SeedStyleSAC(OBS, ACT, device=device)
     n, blocks = (5, 3) if quick else (100, 10)
-    fns = {k: _synced(lambda a=a: a.update(fast_buf.sample(BATCH)), n, device)
+    fns = {k: block(lambda a=a: a.update(fast_buf.sample(BATCH)), n, device)
            for k, a in agents.items()}
-    fns["seed"] = _synced(lambda: seed.learn(seed_buf.sample(BATCH)), n, device)
+    fns["seed"] = block(lambda: seed.learn(seed_buf.sample(BATCH)), n, device)
     log(f"gpu: timing updates on {device} ({', '.join(fns)})")
     t = interleaved(fns, calls=1, blocks=blocks)
     ups = {k: n / median(v) for k, v in t.items()}
@@ -99,7 +88,7 @@ def _image_loop_rows(buffers: dict[str, ReplayBuffer], device: torch.device,
     torch.manual_seed(0)
     agent = SAC((9, 84, 84), (ACT,), SACConfig(compile="none",
                                                 cuda_graph=device.type == "cuda"), device)
-    fns = {k: _synced(lambda b=b: agent.update(b.sample(batch, out=agent.input_batch())), n,
+    fns = {k: block(lambda b=b: agent.update(b.sample(batch, out=agent.input_batch())), n,
                       device) for k, b in buffers.items()}
     log(f"gpu: timing sample + pixel update on {device}, {', '.join(buffers)}")
     t = interleaved(fns, calls=1, blocks=2 if quick else 5, warmup=1)
@@ -113,8 +102,8 @@ def _sample_row(name: str, fast: ReplayBuffer, seed, what: str, device: torch.de
     n, blocks = (5, 3) if quick else (50, 10)
     log(f"gpu: timing {name} sample({BATCH}) to {device}")
     t = interleaved({
-        "fastsac": _synced(lambda: fast.sample(BATCH), n, device),
-        "seed": _synced(lambda: [x.to(device) for x in seed.sample(BATCH)], n, device)},
+        "fastsac": block(lambda: fast.sample(BATCH), n, device),
+        "seed": block(lambda: [x.to(device) for x in seed.sample(BATCH)], n, device)},
         calls=1, blocks=blocks)
     us = 1e6 / n
     return row(f"{name} sample({BATCH}) to {device} ({what})", "us", median(t["fastsac"]) * us,
@@ -136,7 +125,7 @@ def _pixel_rows(device: torch.device, quick: bool) -> list[dict]:
     for name, cfg in configs.items():
         torch.manual_seed(0)
         agent = SAC((9, 84, 84), (ACT,), cfg, device)
-        fns[name] = _synced(lambda a=agent: a.update(b), 2 if quick else 20, device)
+        fns[name] = block(lambda a=agent: a.update(b), 2 if quick else 20, device)
     log(f"gpu: timing pixel updates on {device} (batch {batch})")
     t = interleaved(fns, calls=1, blocks=2 if quick else 5, warmup=1)
     n = 2 if quick else 20
@@ -151,23 +140,8 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
         log("gpu: no MuJoCo, so no end-to-end row")
         return []
     starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 30, (500, 100))
-    torch.manual_seed(0)
-    fast = bench_train._trainer(
-        tmp / "gpu", device=str(device), learning_starts=starts,
-        sac=SACConfig(cuda_graph=device.type == "cuda"))
-    while fast.step < starts:
-        fast.env_step()
-
-    def fast_step():
-        fast.env_step()
-        fast.learn()
-    seed = bench_train.SeedLoop(BATCH, starts, device=str(device))
-    log(f"gpu: timing {blocks} blocks of training steps on {device}")
-    t = interleaved({"fastsac": _synced(fast_step, calls[0], device),
-                     "seed": _synced(seed.step, calls[1], device)}, calls=1, blocks=blocks)
-    fast.close()
-    seed.env.close()
-    sps = {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"])}
+    sps = bench_train.loop_rates(tmp / "gpu", starts, blocks, calls, device=str(device),
+                                 sac=SACConfig(cuda_graph=device.type == "cuda"))
     return [row(f"training steps/s on {device}, {bench_train.ENV}, after learning starts",
                 "1/s", sps["fastsac"], sps["seed"], lower_is_better=False,
                 target=1000.0 if device.type == "cuda" else None,

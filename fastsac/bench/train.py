@@ -19,7 +19,7 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-from fastsac.bench._util import interleaved, log, median, row
+from fastsac.bench._util import block, interleaved, log, median, row
 from fastsac.config import SACConfig
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.config import TrainConfig
@@ -62,22 +62,31 @@ class SeedLoop:
             self.agent.learn(self.buffer.sample(self.batch_size))
 
 
-def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
-    starts, blocks, calls = (300, 3, 5) if quick else (2_000, 10, 40)
+def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
+               device: str = "cpu", sac: SACConfig = SACConfig()) -> dict[str, float]:
+    """Training steps/s after learning starts of fastsac's loop (``Trainer.env_step`` +
+    ``learn``) and of the seed-style loop, one env each, timed in turn in blocks of ``calls``
+    steps (fastsac's, seed-style's)."""
     torch.manual_seed(0)
-    fast = _trainer(tmp / "vector", learning_starts=starts, sac=SACConfig())
+    fast = _trainer(tmp, device=device, learning_starts=starts, sac=sac)
     while fast.step < starts:
         fast.env_step()
 
     def fast_step():
         fast.env_step()
         fast.learn()
-    seed = SeedLoop(256, starts)
-    log(f"train: timing {blocks} blocks of {calls} training steps, vector {ENV}")
-    t = interleaved({"fastsac": fast_step, "seed": seed.step}, calls=calls, blocks=blocks)
+    seed = SeedLoop(256, starts, device=device)
+    log(f"train: timing {blocks} blocks of training steps on {device}, {ENV}")
+    t = interleaved({"fastsac": block(fast_step, calls[0], device),
+                     "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
     fast.close()
     seed.env.close()
-    sps = {k: 1 / median(v) for k, v in t.items()}
+    return {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"])}
+
+
+def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
+    starts, blocks, calls = (300, 3, 5) if quick else (2_000, 10, 40)
+    sps = loop_rates(tmp / "vector", starts, blocks, (calls, calls))
     hours = 1e6 / sps["fastsac"] / 3600
     return [
         row(f"training steps/s, {ENV}, after learning starts", "1/s", sps["fastsac"],
