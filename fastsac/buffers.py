@@ -257,12 +257,14 @@ class ReplayBuffer:
                 self._frames.write(o1, no1, obs_keys, next_keys, new, idx)
 
     # -- sampling -------------------------------------------------------------------------
-    def end_episodes(self) -> None:
-        """End every stream's running episode as truncated: it bootstraps from its last
-        ``next_obs``, and the next ``add`` starts a new episode even if its ``obs`` equals
-        that ``next_obs``. For envs that restart without a final step (a resumed run)."""
+    def end_episodes(self, streams=None) -> None:
+        """End every stream's (or ``streams``') running episode as truncated: it bootstraps
+        from its last ``next_obs``, and the next ``add`` starts a new episode even if its
+        ``obs`` equals that ``next_obs``. For envs that restart without a final step (a
+        resumed run, an env worker that died)."""
+        idx = None if streams is None else self._stream_indices(streams)
         self._settle()
-        self._core.end_episodes()
+        self._core.end_episodes(idx)
 
     def sample(self, batch_size: int, out: Batch | None = None) -> Batch:
         """Draw ``batch_size`` sampleable steps uniformly, with replacement.

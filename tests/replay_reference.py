@@ -96,6 +96,13 @@ class ReplayReference:
                           float(np.float32(reward[i])), np.array(next_obs[i], self.obs_dtype),
                           bool(terminated[i]), bool(truncated[i]))
 
+    def end_episodes(self, streams=None):
+        """End the running episode of each of ``streams`` (None: all) as truncated."""
+        for e in range(self.num_envs) if streams is None else streams:
+            ep = self.streams[e].running()
+            if ep is not None:
+                ep.ended, ep.terminated = True, False
+
     def _add_one(self, s: Stream, obs, action, reward, next_obs, term, trunc):
         ep = s.running()
         if self.storage == "episode":

@@ -732,8 +732,24 @@ def test_steps_of_some_streams_and_chunks_match_the_reference(memory, scenario, 
             buf.add_chunk(obs, action, reward, next_obs, term, trunc, streams=streams)
         for t in range(steps):
             ref.add_to(streams, obs[t], action[t], reward[t], next_obs[t], term[t], trunc[t])
+        if data.draw(st.integers(0, 3)) == 0:  # e.g. the streams of a worker that died
+            ended = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n,
+                                       unique=True))
+            buf.end_episodes(streams=ended)
+            ref.end_episodes(ended)
+            for e in ended:
+                feed.ended[e] = True
         assert len(buf) == len(ref) and buf.num_sampleable == ref.num_sampleable
     check_against_reference(buf, ref)
+
+
+def test_end_episodes_of_bad_streams_changes_nothing():
+    buf, _, _ = filled()
+    before = snapshot(buf)
+    for streams in ([2, 5], [-1], [], [0.5]):
+        with pytest.raises((ValueError, TypeError), match="streams"):
+            buf.end_episodes(streams=streams)
+        assert_unchanged(buf, before)
 
 
 def test_a_chunk_with_a_bad_step_or_bad_streams_stores_nothing():

@@ -158,8 +158,23 @@ void register_replay(py::module_& m) {
       .def(
           "locked", [](py::object self) { return CoreLock{self, {}}; },
           "A context manager holding the core's lock (same thread only).")
-      .def("end_episodes", &ReplayCore::end_episodes, py::call_guard<py::gil_scoped_release>(),
-           "End every stream's running episode as truncated at its last observation.")
+      .def(
+          "end_episodes",
+          [](ReplayCore& self, const py::object& streams) {
+            if (streams.is_none()) {
+              py::gil_scoped_release nogil;
+              self.end_episodes();
+              return;
+            }
+            const auto a = streams.cast<py::array>();
+            const int64_t count = static_cast<int64_t>(a.size());
+            auto* s = checked<int64_t>(a, count * 8, 8, "streams", false);
+            py::gil_scoped_release nogil;
+            self.end_episodes(s, count);
+          },
+          py::arg("streams") = py::none(),
+          "End the running episode of each stream in `streams` (int64 indices; None: every "
+          "stream) as truncated at its last observation.")
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)

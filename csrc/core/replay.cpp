@@ -136,13 +136,20 @@ void ReplayCore::add_transition(int64_t env, const uint8_t* obs, const float* ac
   if (terminated || truncated) close_episode(env, pos + 1);
 }
 
-void ReplayCore::end_episodes() {
+void ReplayCore::end_episodes(const int64_t* streams, int64_t count) {
+  std::vector<bool> chosen(static_cast<size_t>(cfg_.num_envs), streams == nullptr);
+  for (int64_t i = 0; streams != nullptr && i < count; ++i) {
+    require(streams[i] >= 0 && streams[i] < cfg_.num_envs,
+            "streams must be indices of env streams");
+    chosen[streams[i]] = true;
+  }
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   for (int64_t env = 0; env < cfg_.num_envs; ++env) {
     const StreamState& st = streams_[env];
     // The episode's last observation: the slot last written (episode storage), or the
     // next_obs of the last transition, one past it (transition storage).
-    if (st.open) close_episode(env, cfg_.storage == Storage::Episode ? st.count - 1 : st.count);
+    if (chosen[env] && st.open)
+      close_episode(env, cfg_.storage == Storage::Episode ? st.count - 1 : st.count);
   }
 }
 

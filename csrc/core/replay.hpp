@@ -91,7 +91,8 @@ class ReplayCore {
 
   // Ends every stream's running episode as truncated at its last observation, so that the
   // next add() starts a new episode even when its obs equals that observation.
-  void end_episodes();
+  // End the running episodes of `streams` (all streams when null) as truncated.
+  void end_episodes(const int64_t* streams = nullptr, int64_t count = 0);
 
   // Draws `batch` sampleable steps uniformly (with replacement) and gathers them into `out`.
   // Releases nothing: the caller decides about the GIL. Throws std::invalid_argument if fewer
