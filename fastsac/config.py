@@ -109,6 +109,22 @@ class TrainConfig:
     Async envs run in fresh processes: a script that trains with them needs Python's
     `if __name__ == "__main__":` guard, and an env it registers itself must be registered on
     import of a module those processes import."""
+    workers: int | None = None
+    """Env workers on Ray (the ray extra): each is a Ray actor that steps envs_per_worker envs
+    with a CPU copy of the actor and sends chunks of steps to this process, which owns the
+    replay buffer and learns. None: the envs step in this process (num_envs, vector_env)."""
+    envs_per_worker: int = 1
+    """With workers: the envs each worker steps; the buffer has workers x envs_per_worker
+    env streams."""
+    chunk_steps: int = 50
+    """With workers: consecutive steps of each of a worker's envs per chunk it sends (each
+    worker has at most two chunks in flight)."""
+    sync_every: int = 100
+    """With workers: updates between sending the actor's weights to the workers (once through
+    Ray's object store for all of them); they act at random until learning_starts."""
+    ray_address: str = ""
+    """With workers: the Ray cluster to run them on. "" starts Ray on this machine; "auto"
+    joins the cluster this machine is part of; HOST:PORT or ray://HOST:PORT names one."""
     pixels: bool = False
     """Observe a MuJoCo task through its rendered RGB frames instead of its state vector."""
     image_size: int = 84
@@ -167,6 +183,31 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("buffer_memory", self.buffer_memory, MEMORIES)
         check_choice("vector_env", self.vector_env, VECTOR_ENVS)
+        self._check_workers()
+
+    def _check_workers(self) -> None:
+        worker_options = ("envs_per_worker", "chunk_steps", "sync_every", "ray_address")
+        if self.workers is None:
+            for name in worker_options:  # set, but nothing would read it
+                if getattr(self, name) != getattr(TrainConfig, name):
+                    raise ValueError(f"{name} is an option of env workers: set workers too")
+            return
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1 (or None: no workers), got {self.workers}")
+        for name in worker_options[:3]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_envs != 1:
+            raise ValueError("num_envs: with workers each worker steps envs_per_worker envs; "
+                             "leave num_envs at 1")
+        if self.vector_env != "sync":
+            raise ValueError("vector_env='async' steps envs in subprocesses of this process; "
+                             "with workers the envs step in the workers: drop one of them")
+
+    @property
+    def num_streams(self) -> int:
+        """Env streams of the replay buffer: num_envs, or workers x envs_per_worker."""
+        return self.workers * self.envs_per_worker if self.workers else self.num_envs
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -204,7 +245,7 @@ def with_preset(name: str, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-RESUME_MAY_CHANGE = ("total_steps", "progress")
+RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

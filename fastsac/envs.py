@@ -188,8 +188,12 @@ def _mujoco_warnings_to_stderr() -> None:
 
 def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
              full_render: bool = False) -> gym.Env:
-    """One env: ``env_id`` as gymnasium makes it, or with ``pixels`` its rendered frames."""
-    if "mujoco" in str(gym.spec(env_id).entry_point):
+    """One env: ``env_id`` as gymnasium makes it ("module:id" imports the module first), or
+    with ``pixels`` its rendered frames."""
+    module, _, name = env_id.rpartition(":")  # "module:id": the module registers the id
+    if module:
+        importlib.import_module(module)
+    if "mujoco" in str(gym.spec(name).entry_point):
         _mujoco_warnings_to_stderr()
     if not pixels:
         return gym.make(env_id)

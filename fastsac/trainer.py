@@ -1,11 +1,11 @@
 """The training loop behind ``fastsac train`` and ``fastsac.train``: acting, storing,
 learning, evaluation, logs, plots and checkpoints, all driven by one :class:`TrainConfig`.
 
-The loop steps a gymnasium vector env with autoreset disabled: a step that ends an episode
-stores its true final observation, and only then are the finished envs reset (each episode of
-env i reset with its own seed, derived from ``seed``, i and the episode's number). So no stored
-transition ever joins two episodes, and an env's episodes depend only on the seed and the
-actions taken: what makes a resumed run repeat an uninterrupted one (see ``docs/train.md``).
+The envs step in this process (a gymnasium vector env, see ``fastsac.runner``) or, with
+``workers``, in Ray actors that send chunks of steps (``fastsac.distributed``); either way no
+stored transition joins two episodes. In this process an env's episodes depend only on the
+seed and the actions taken: what makes a resumed run repeat an uninterrupted one (see
+``docs/train.md``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from fastsac._checkpoint import Checkpoints
 from fastsac._runlog import MetricsLog, plot_run
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import TrainConfig, read_run_config, resumed_config
-from fastsac.envs import FrameStack, episode_seed, make_env
+from fastsac.envs import FrameStack, make_env
+from fastsac.runner import EnvRunner, make_vector_env
 from fastsac.sac import SAC
 
 
@@ -55,34 +56,41 @@ class Trainer:
         self.run_dir = run_dir
         self.device = _resolve_device(config.device)
         c = config
+        self.pool = None  # the env workers, with ``workers``
+        self._eval_env: gym.Env | None = None  # built at the first evaluation, then kept
+        if c.workers:
+            # The envs step in the workers; one here gives the spaces and evaluates.
+            self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
+            spaces = self._eval_env.observation_space, self._eval_env.action_space
+        else:
+            envs = make_vector_env(c.env, c.num_envs, c.pixels, c.image_size, c.full_render,
+                                   c.vector_env)
+            spaces = envs.single_observation_space, envs.single_action_space
         try:
-            fns = [lambda: make_env(c.env, c.pixels, c.image_size, c.full_render)] * c.num_envs
-            if c.vector_env == "async":
-                # Subprocesses from a fresh server process, not forks of this one: a fork
-                # inherits other threads' locks (a software GL renderer's, torch's) and hangs.
-                self.envs = gym.vector.AsyncVectorEnv(
-                    fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED, context="forkserver")
+            self._build(c, *spaces)
+            if c.workers:
+                try:
+                    from fastsac.distributed import WorkerPool  # ray: only with workers
+                except ImportError as exc:
+                    raise ValueError(f"workers: {exc}") from exc
+                self.pool = WorkerPool(c)
             else:
-                self.envs = gym.vector.SyncVectorEnv(
-                    fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-        except gym.error.Error as exc:  # an unknown id, a missing extra: the env option's
-            raise ValueError(f"env {c.env!r}: {exc}") from exc
-        try:
-            self._build(c)
+                self.runner = EnvRunner(envs, c.seed, range(c.num_envs), c.frame_stack,
+                                        self.obs_dtype)
         except BaseException:
-            self.envs.close()
+            if c.workers:
+                self._eval_env.close()
+            else:
+                envs.close()
             raise
         run_dir.mkdir(parents=True, exist_ok=True)  # only once the run could be built
         self.log = MetricsLog(run_dir / "metrics.csv", fresh)
         self.checkpoints = Checkpoints(run_dir / "checkpoints")
         self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
         self._steps_per_s: float | None = None  # the latest, for the progress bar
-        self._eval_env: gym.Env | None = None  # built at the first evaluation, then kept
 
-    def _build(self, c: TrainConfig) -> None:
+    def _build(self, c: TrainConfig, obs_space: gym.Space, act_space: gym.Space) -> None:
         """Buffer, agent and counters for the envs' spaces."""
-        obs_space = self.envs.single_observation_space
-        act_space = self.envs.single_action_space
         if not isinstance(act_space, gym.spaces.Box) or not act_space.is_bounded():
             raise ValueError(f"{c.env}: SAC needs a bounded Box action space, got {act_space}")
         self.low = act_space.low.astype(np.float64)
@@ -100,48 +108,37 @@ class Trainer:
         self.prefetch = self.device.type == "cuda" and c.buffer_memory == "host"
         self.buffer = ReplayBuffer(
             capacity, self.frame_shape, self.action_shape,
-            obs_dtype=self.obs_dtype, num_envs=c.num_envs, frame_stack=c.frame_stack,
+            obs_dtype=self.obs_dtype, num_envs=c.num_streams, frame_stack=c.frame_stack,
             n_step=c.sac.n_step, gamma=c.sac.gamma, device=self.device, seed=c.seed,
             memory=c.buffer_memory, prefetch=self.prefetch)
         torch.manual_seed(c.seed)
         self.agent = SAC(self.buffer.stacked_obs_shape, self.action_shape, c.sac, self.device)
         self.rng = np.random.default_rng(c.seed)  # warm-up actions
         self.step = 0
-        self.episodes = [-1] * c.num_envs  # per env: the episode it is in (its reset seed)
         self.update_debt = 0.0
         self._sampleable = False
         self.eval_returns: dict[int, float] = {}
-        # What the policy sees of each env, filled by start()
-        self.frame = np.zeros((c.num_envs, *self.frame_shape), self.obs_dtype)
-        self.stack = FrameStack(c.num_envs, self.frame_shape, c.frame_stack, self.obs_dtype) \
-            if c.frame_stack > 1 else None
-        self.ep_return = np.zeros(c.num_envs)
         self.started = False
 
     # -- env side ---------------------------------------------------------------------------
-    def _reset(self, mask: np.ndarray, next_episode: bool = True) -> None:
-        """Reset the envs in ``mask``: to their next episode, or (resuming) to the start of the
-        episode they were in."""
-        for i in np.flatnonzero(mask):
-            self.episodes[i] += next_episode
-        seeds = [episode_seed(self.config.seed, i, self.episodes[i]) if m else None
-                 for i, m in enumerate(mask)]
-        obs, _ = self.envs.reset(seed=seeds, options={"reset_mask": mask})
-        for i in np.flatnonzero(mask):
-            self.frame[i] = obs[i]
-            if self.stack:
-                self.stack.reset(i, obs[i])
-            self.ep_return[i] = 0.0
+    @property
+    def episodes(self) -> list[int]:
+        """Per env stream: the episode it is in (its reset seed's episode number)."""
+        return (self.pool if self.pool is not None else self.runner).episodes
+
+    @episodes.setter
+    def episodes(self, value: list[int]) -> None:
+        (self.pool if self.pool is not None else self.runner).episodes = list(value)
 
     def start(self) -> None:
         """Reset every env: to its first episode, or, after ``restore``, to the start of the
-        episode it was in. ``run`` calls it; call it yourself to drive ``env_step`` and
-        ``learn`` directly."""
-        self._reset(np.ones(self.config.num_envs, bool), next_episode=self.step == 0)
+        episode it was in (with workers: to its next episode). ``run`` calls it; call it
+        yourself to drive ``env_step`` and ``learn`` directly."""
+        if self.pool is not None:
+            self.pool.start(self._weights(), self.agent.updates)
+        else:
+            self.runner.start(next_episode=self.step == 0)
         self.started = True
-
-    def _policy_obs(self) -> np.ndarray:
-        return self.stack.obs if self.stack else self.frame
 
     def _actions(self) -> tuple[np.ndarray, np.ndarray]:
         """(action in [-1, 1] for the buffer, the same action in the env's bounds)."""
@@ -151,7 +148,7 @@ class Trainer:
                                           (self.config.num_envs, *self.action_shape))
             action = ((env_action - self.low) / scale - 1).astype(np.float32)
             return np.clip(action, -1, 1), env_action
-        action = self.agent.act(self._policy_obs())
+        action = self.agent.act(self.runner.policy_obs)
         return action, self._to_env(action)
 
     def _to_env(self, action: np.ndarray) -> np.ndarray:
@@ -178,22 +175,26 @@ class Trainer:
         metrics: dict[str, torch.Tensor] = {}
         last_log = (self.step, time.perf_counter())
         while self.step < c.total_steps:
-            finished += self.env_step()
-            bar.update(c.num_envs)
-            metrics = self.learn() or metrics
+            before = self.step
+            finished += self.env_step() if self.pool is None else self.receive()
+            bar.update(self.step - before)
+            metrics = self.learn(self.step - before) or metrics
 
-            if self._due(c.log_every):
+            if self._due(c.log_every, before):
                 now = time.perf_counter()
                 rows = {k: float(v) for k, v in metrics.items()}  # one host sync per log row
                 rows["perf/steps_per_s"] = (self.step - last_log[0]) / (now - last_log[1])
                 if finished:
                     rows["train/episode_return"] = float(np.mean(finished))
                     finished = []
+                if self.pool is not None:
+                    rows.update(self.pool.metrics())
                 self.log.write(self.step, rows)
                 last_log = (self.step, now)
                 bar.set_postfix(self._postfix(rows), refresh=False)
             final = self.step >= c.total_steps
-            do_eval = c.eval_episodes and ((c.eval_every and self._due(c.eval_every)) or final)
+            do_eval = c.eval_episodes and ((c.eval_every and self._due(c.eval_every, before))
+                                           or final)
             if do_eval:
                 ret = self.evaluate()
                 self.eval_returns[self.step] = ret
@@ -201,7 +202,7 @@ class Trainer:
                 bar.set_postfix(self._postfix({}), refresh=False)
             if do_eval or final:
                 plot_run(self.log.path, self.run_dir / "progress.png", c.env)
-            if (c.checkpoint_every and self._due(c.checkpoint_every)) or final:
+            if (c.checkpoint_every and self._due(c.checkpoint_every, before)) or final:
                 self.save_checkpoint()
 
     def env_step(self) -> list[float]:
@@ -211,20 +212,13 @@ class Trainer:
         t0 = time.perf_counter()
         action, env_action = self._actions()
         t1 = time.perf_counter()
-        next_frame, reward, terminated, truncated, _ = self.envs.step(env_action)
-        next_frame = next_frame.astype(self.obs_dtype, copy=False)
+        runner = self.runner
+        next_frame, reward, terminated, truncated = runner.step(env_action)
         t2 = time.perf_counter()
-        self.buffer.add(self.frame, action, reward.astype(np.float32), next_frame,
+        self.buffer.add(runner.frame, action, reward.astype(np.float32), next_frame,
                         terminated, truncated)
         t3 = time.perf_counter()
-        self.frame = next_frame
-        if self.stack:
-            self.stack.push(next_frame)
-        self.ep_return += reward
-        done = terminated | truncated
-        finished = [float(r) for r in self.ep_return[done]]
-        if finished:
-            self._reset(done)
+        finished = runner.advance(next_frame, reward, terminated, truncated)
         t4 = time.perf_counter()
         t["act"] += t1 - t0
         t["env"] += (t2 - t1) + (t4 - t3)
@@ -232,12 +226,43 @@ class Trainer:
         self.step += c.num_envs
         return finished
 
-    def learn(self) -> dict[str, torch.Tensor] | None:
-        """The updates due after the last env step; the last one's metrics (None: none)."""
+    def receive(self) -> list[float]:
+        """With workers: store the chunks that arrived (waiting for one if none has), and end
+        the episodes of workers that failed. Returns the returns of the episodes that ended.
+        First the workers whose chunks came last time are asked for new ones, with the newest
+        weights when ``sync_every`` updates have passed."""
+        t0 = time.perf_counter()
+        self.pool.refill(self.agent.updates, self._weights)
+        chunks, failed = self.pool.receive(self.agent.updates)
+        t1 = time.perf_counter()
+        if failed:
+            self.buffer.end_episodes(streams=failed)
+        finished: list[float] = []
+        for chunk in chunks:
+            self.buffer.add_chunk(chunk["obs"], chunk["action"], chunk["reward"],
+                                  chunk["next_obs"], chunk["terminated"], chunk["truncated"],
+                                  streams=chunk["streams"])
+            self.step += chunk["reward"].size
+            finished += chunk["returns"]
+        self.timers["env"] += t1 - t0  # waiting for the workers
+        self.timers["buffer"] += time.perf_counter() - t1
+        return finished
+
+    def _weights(self) -> dict | None:
+        """The actor's weights for the workers (None before learning starts: they act at
+        random until then)."""
+        if self.step < self.config.learning_starts:
+            return None
+        return {name: {k: v.detach().cpu() for k, v in self.agent.modules[name].state_dict()
+                       .items()} for name in ("encoder", "actor")}
+
+    def learn(self, steps: int | None = None) -> dict[str, torch.Tensor] | None:
+        """The updates due after ``steps`` more env steps (None: one step of every env); the
+        last one's metrics (None: none)."""
         c = self.config
         if self.step < c.learning_starts or not self._can_sample():
             return None
-        self.update_debt += c.updates_per_step * c.num_envs
+        self.update_debt += c.updates_per_step * (c.num_envs if steps is None else steps)
         metrics = None
         t0 = time.perf_counter()
         while self.update_debt >= 1:
@@ -253,9 +278,9 @@ class Trainer:
             self._sampleable = self.buffer.num_sampleable >= self.config.batch_size
         return self._sampleable
 
-    def _due(self, every: int) -> bool:
-        """True once per ``every`` env steps (steps advance by num_envs)."""
-        return self.step // every != (self.step - self.config.num_envs) // every
+    def _due(self, every: int, before: int) -> bool:
+        """Whether the steps since ``before`` crossed a multiple of ``every``."""
+        return self.step // every != before // every
 
     def _postfix(self, rows: dict) -> dict:
         out = {}
@@ -297,7 +322,10 @@ class Trainer:
         """Close the training envs and the evaluation env (``run`` does this at its end)."""
         eval_env, self._eval_env = self._eval_env, None
         try:
-            self.envs.close()
+            if self.pool is not None:
+                self.pool.close()
+            else:
+                self.runner.close()
         finally:
             if eval_env is not None:
                 eval_env.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastsac.runner as runner_module
 import fastsac.trainer as trainer_module
 from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
@@ -446,7 +447,8 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
         env.close = lambda: closed.append(env) or real_close()
         made.append(env)
         return env
-    monkeypatch.setattr(trainer_module, "make_env", recording_make_env)
+    monkeypatch.setattr(trainer_module, "make_env", recording_make_env)  # evaluation's
+    monkeypatch.setattr(runner_module, "make_env", recording_make_env)  # the training envs'
     train(quick(tmp_path, num_envs=2, eval_every=200, eval_episodes=1))
     assert len(made) == 3  # two training envs and one evaluation env, for two evaluations
     assert all(any(e is c for c in closed) for e in made)

@@ -107,7 +107,7 @@ def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
         px.env_step()
     px.env_step()
     px.learn()  # the first update compiles
-    renders = [e.render_seconds for e in px.envs.envs]
+    renders = [e.render_seconds for e in px.runner.envs.envs]
     before = dict(px.timers)
     log(f"train: timing {steps} pixel training steps (batch {batch})")
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
         px.learn()
     elapsed = time.perf_counter() - t0
     spent = {k: (px.timers[k] - before[k]) / steps for k in before}
-    render = (sum(e.render_seconds for e in px.envs.envs) - sum(renders)) / steps
+    render = (sum(e.render_seconds for e in px.runner.envs.envs) - sum(renders)) / steps
     px.close()
     ms = 1e3
     split = (f"per step: update {spent['update'] * ms:.0f} ms, render {render * ms:.1f} ms, "
