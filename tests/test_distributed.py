@@ -105,7 +105,7 @@ def test_workers_fill_their_streams_and_get_newer_weights(local_ray, tmp_path):
     assert len(result.eval_returns) == 2 and max(result.eval_returns) >= 1600  # due and final
 
 
-def test_a_killed_worker_and_a_broken_env_are_restarted(local_ray, tmp_path):
+def test_a_killed_worker_and_a_broken_env_are_replaced(local_ray, tmp_path):
     cfg = config(tmp_path, env="counting_env:CountingCrash-v0")
     trainer = make_trainer(cfg)
     ended = []
@@ -116,7 +116,7 @@ def test_a_killed_worker_and_a_broken_env_are_restarted(local_ray, tmp_path):
     while trainer.step < 600:
         trainer.receive()
         trainer.learn()
-    ray.kill(trainer.pool.workers[1].actor, no_restart=False)  # its process dies
+    ray.kill(trainer.pool.workers[1].actor)  # its process dies
     result = trainer.run()
     assert local_ray.exists()  # one env raised in its step
     assert trainer.pool.restarts >= 2

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
-from fastsac import SAC, ReplayBuffer, SACConfig
+from fastsac import SAC, ReplayBuffer, SACConfig, TrainConfig, train
 
 
 def evaluate(agent: SAC, seed: int, episodes: int = 10) -> float:
@@ -53,3 +54,12 @@ def test_pendulum_reaches_minus_200_within_10k_steps():
             if history[t] >= -200:
                 break
     assert max(history.values()) >= -200, history  # a random policy scores about -1200
+
+
+def test_pendulum_with_two_ray_workers_reaches_minus_200_within_10k_steps(tmp_path):
+    """The default run (fastsac train) with its env steps from two Ray workers instead."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    result = train(TrainConfig(workers=2, run_dir=str(tmp_path / "run"), device="cpu",
+                               progress=False))
+    assert max(result.eval_returns) >= 10_000
+    assert max(result.eval_returns.values()) >= -200, result.eval_returns

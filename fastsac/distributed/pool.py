@@ -81,16 +81,20 @@ class WorkerPool:
             self._shutdown()
             raise ValueError(f"workers: {c.workers} need one CPU each, the Ray cluster has "
                              f"{cpus:g}")
-        remote = ray.remote(num_cpus=1, max_restarts=-1)(EnvWorker)
+        self._remote = ray.remote(num_cpus=1)(EnvWorker)
         e = c.envs_per_worker
-        self.workers = [
-            _Worker(remote.remote(c.to_dict(), list(range(i * e, (i + 1) * e))),
-                    list(range(i * e, (i + 1) * e)), [-1] * e) for i in range(c.workers)]
+        self.workers = []
+        for i in range(c.workers):
+            streams = list(range(i * e, (i + 1) * e))
+            self.workers.append(_Worker(self._new_actor(streams), streams, [-1] * e))
         self._pending: dict[ray.ObjectRef, tuple[int, int, int]] = {}  # ref: worker, gen, seq
         self._seq = 0
         self._weights: list = []  # [version, ref] once there are weights
         self._synced_at: int | None = None
         self.restarts = 0
+
+    def _new_actor(self, streams: list[int]) -> ray.actor.ActorHandle:
+        return self._remote.remote(self.config.to_dict(), streams)
 
     @property
     def episodes(self) -> list[int]:
@@ -172,12 +176,14 @@ class WorkerPool:
         return chunks, failed
 
     def _restart(self, i: int, exc: BaseException) -> None:
-        """Restart worker i (Ray restarts its actor) at its streams' next episodes."""
+        """Replace worker i by a new actor, started at its streams' next episodes. (Not Ray's
+        own actor restart: tasks sent while an actor restarts can fail as well.)"""
         w = self.workers[i]
         w.failures += 1
         if w.failures > MAX_RESTARTS:
             raise RuntimeError(f"env worker {i} failed {w.failures} times in a row") from exc
-        ray.kill(w.actor, no_restart=False)  # a live actor with a broken env, too
+        ray.kill(w.actor, no_restart=True)  # a live actor with a broken env, too
+        w.actor = self._new_actor(w.streams)
         w.generation += 1
         self.restarts += 1
         self._start(i)
