@@ -88,3 +88,22 @@ def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch)
     assert {"vector sample(256)", "image sample(256)", "pixel update/s"} <= set(cases)
     for r in rows:
         assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
+
+
+def test_bench_workers_quick(tmp_path, monkeypatch):
+    pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    monkeypatch.chdir(tmp_path)  # Ray's workers import from the working directory
+    out = tmp_path / "workers.json"
+    assert cli.main(["bench", "workers", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].split(",")[0] for r in rows] == \
+        ["collection"] * 4 + ["a one-step chunk from a Ray worker (round trip)",
+                              "learner ingest of a 10-step chunk", "learner ingest of a 10-step chunk",
+                              "training env steps/s", "training updates/s",
+                              "Ray workers that saturate one learner"]
+    for r in rows:
+        assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
+    for r in rows[:5] + rows[7:9]:
+        assert r["seed"] > 0, r  # each measured beside its baseline
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastsac.bench import buffer, gpu, train, update
+from fastsac.bench import buffer, gpu, train, update, workers
 from fastsac.bench._util import machine, start_clock
 
 BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
@@ -18,6 +18,9 @@ BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
     "update": ("SAC learner: updates per second and act() latency", update.run),
     "train": ("end-to-end training on HalfCheetah-v5, vector and pixels (needs the mujoco "
               "extra)", train.run),
+    "workers": ("env workers on Ray next to the one-process loop: collection, Ray's cost per "
+                "chunk, learner ingest, end-to-end training (needs the ray and mujoco extras)",
+                workers.run),
     "gpu": ("the CUDA path: updates, sampling to the GPU, pixel updates, end-to-end training "
             "(needs a GPU; --quick runs on the CPU)", gpu.run),
 }
