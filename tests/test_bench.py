@@ -98,10 +98,10 @@ def test_bench_workers_quick(tmp_path, monkeypatch):
     assert cli.main(["bench", "workers", "--quick", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["case"].split(",")[0] for r in rows] == \
-        ["collection"] * 4 + ["a one-step chunk from a Ray worker (round trip)",
-                              "learner ingest of a 10-step chunk", "learner ingest of a 10-step chunk",
-                              "training env steps/s", "training updates/s",
-                              "Ray workers that saturate one learner"]
+        ["collection"] * 4 + ["a one-step chunk from a Ray worker (round trip)"] \
+        + ["learner ingest of a 10-step chunk"] * 2 \
+        + ["training env steps/s", "training updates/s"] \
+        + ["Ray workers that saturate one learner"] * 2
     for r in rows:
         assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
     for r in rows[:5] + rows[7:9]:

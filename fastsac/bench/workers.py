@@ -52,7 +52,8 @@ def _rates(trainers: dict[str, Trainer], seconds: float, blocks: int) -> dict[st
     return out
 
 
-def _collection_rows(tmp: Path, pixels: bool, quick: bool) -> list[dict]:
+def _collection_rows(tmp: Path, pixels: bool, quick: bool) -> tuple[list[dict], float]:
+    """The rows, and one Ray worker's env steps/s."""
     kind = "84x84 pixels" if pixels else "vectors"
     kw = dict(pixels=pixels, learning_starts=NEVER, total_steps=NEVER,
               buffer_size=20_000 if pixels else 200_000)
@@ -73,21 +74,23 @@ def _collection_rows(tmp: Path, pixels: bool, quick: bool) -> list[dict]:
     return [row(f"collection, 2 Ray workers x 1 env, {kind}", "1/s", median(r["ray"]), sync,
                 lower_is_better=False, note=note),
             row(f"collection, --vector-env async, 2 envs, {kind}", "1/s", median(r["async"]),
-                sync, lower_is_better=False, note="as above")]
+                sync, lower_is_better=False, note="as above")], median(r["ray"]) / 2
 
 
 def _list(xs: list[float]) -> str:
     return "/".join(f"{x:,.0f}" for x in xs)
 
 
-def _chunk_rows(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
-    """Ray's cost per chunk and the learner's ingest per env step (vector and pixels)."""
+def _chunk_rows(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float], float]:
+    """Ray's cost per chunk, the learner's ingest per env step (vector and pixels), and the
+    seconds of a pixel update."""
     import ray
 
     from fastsac.distributed import EnvWorker
 
     rows, ingest = [], {}
     calls, blocks, chunk = (3, 2, 10) if quick else (50, 5, 50)
+    batch = 16 if quick else 256
     for pixels in (False, True):
         kind = "84x84 pixels" if pixels else "vectors"
         tr = _trainer(tmp / f"chunks{pixels}", workers=1, pixels=pixels, learning_starts=NEVER,
@@ -122,12 +125,22 @@ def _chunk_rows(tmp: Path, quick: bool) -> tuple[list[dict], dict[str, float]]:
                         note="ray.get of a collected chunk + ReplayBuffer.add_chunk: one "
                              f"learner takes in at most {1 / ingest[kind]:,.0f} env steps/s "
                              "of these while it does nothing else"))
+        if pixels:
+            while tr.buffer.num_sampleable < batch:
+                c = ray.get(actor.collect.remote([], chunk))
+                tr.buffer.add_chunk(c["obs"], c["action"], c["reward"], c["next_obs"],
+                                    c["terminated"], c["truncated"], streams=c["streams"])
+            log(f"workers: timing pixel updates, batch {batch}")
+            pixel_update = median(interleaved(
+                {"update": lambda: tr.agent.update(tr.buffer.sample(batch))},
+                calls=1, blocks=1 if quick else 3, warmup=1)["update"])
         local.close()
         tr.close()
-    return rows, ingest
+    return rows, ingest, pixel_update
 
 
-def _end_to_end_rows(tmp: Path, quick: bool, ingest: dict[str, float]) -> list[dict]:
+def _end_to_end_rows(tmp: Path, quick: bool) -> tuple[list[dict], float]:
+    """The rows, and the seconds of a vector update."""
     starts, seconds, blocks = (300, 0.5, 1) if quick else (2_000, 8.0, 3)
     trainers = {"loop": _trainer(tmp / "e2e-loop", learning_starts=starts),
                 "ray": _trainer(tmp / "e2e-ray", workers=2, learning_starts=starts)}
@@ -142,24 +155,28 @@ def _end_to_end_rows(tmp: Path, quick: bool, ingest: dict[str, float]) -> list[d
         r = _rates(trainers, seconds, blocks)
         ray_tr = trainers["ray"]
         update_s = ray_tr.timers["update"] / max(1, ray_tr.agent.updates)
-        chunks = ray_tr.pool.metrics()
+        during = ray_tr.pool.metrics().get("workers/steps_per_s_mean", float("nan"))
     finally:
         for tr in trainers.values():
             tr.close()
-    per_worker = chunks.get("workers/steps_per_s_mean", float("nan"))
-    learner_max = 1 / (update_s + ingest["vectors"])  # one update per env step
+    note = ("after learning starts, one update per env step, 256x256, batch 256; baseline "
+            "column: the one-process loop, one env")
     return [
         row(f"training env steps/s, {ENV}, 2 Ray workers", "1/s", median(r["ray"]),
             median(r["loop"]), lower_is_better=False,
-            note="after learning starts, one update per env step, 256x256, batch 256; "
-                 "baseline column: the one-process loop, one env"),
+            note=f"{note}. A worker collected {during:,.0f} env steps/s of its own time "
+                 "meanwhile (the learner's threads take the cores)"),
         row(f"training updates/s, {ENV}, 2 Ray workers", "1/s", median(r["ray updates"]),
-            median(r["loop updates"]), lower_is_better=False, note="as above"),
-        row("Ray workers that saturate one learner, HalfCheetah vectors", "", 
-            learner_max / per_worker, None, lower_is_better=False,
-            note=f"(1 / (update {update_s * 1e3:.2f} ms + ingest {ingest['vectors'] * 1e6:.1f} "
-                 f"us per env step)) / a worker's {per_worker:,.0f} env steps/s while training "
-                 "(this machine's cores shared by the learner and both workers)")]
+            median(r["loop updates"]), lower_is_better=False, note=note)], update_s
+
+
+def _saturation_row(kind: str, update_s: float, ingest_s: float, worker_rate: float) -> dict:
+    learner = 1 / (update_s + ingest_s)  # env steps/s at one update per env step
+    return row(f"Ray workers that saturate one learner, {ENV} {kind}", "", learner / worker_rate,
+               None, lower_is_better=False,
+               note=f"1 / (update {update_s * 1e3:,.1f} ms + ingest {ingest_s * 1e6:.1f} us) = "
+                    f"{learner:,.1f} env steps/s the learner takes at one update per env step, "
+                    f"over one worker's {worker_rate:,.0f} env steps/s (collection above)")
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -174,11 +191,17 @@ def run(quick: bool = False) -> list[dict]:
     started = connect("", 2)  # one local Ray for every case (unless one runs already)
     try:
         with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
-            rows = _collection_rows(Path(tmp), False, quick)
-            rows += _collection_rows(Path(tmp), True, quick)
-            chunk_rows, ingest = _chunk_rows(Path(tmp), quick)
-            rows += chunk_rows
-            rows += _end_to_end_rows(Path(tmp), quick, ingest)
+            rows, vector_rate = _collection_rows(Path(tmp), False, quick)
+            more, pixel_rate = _collection_rows(Path(tmp), True, quick)
+            rows += more
+            more, ingest, pixel_update = _chunk_rows(Path(tmp), quick)
+            rows += more
+            more, vector_update = _end_to_end_rows(Path(tmp), quick)
+            rows += more
+            rows.append(_saturation_row("vectors", vector_update, ingest["vectors"],
+                                        vector_rate))
+            rows.append(_saturation_row("84x84 pixels", pixel_update, ingest["84x84 pixels"],
+                                        pixel_rate))
     finally:
         if started:
             ray.shutdown()
