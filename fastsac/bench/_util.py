@@ -137,7 +137,9 @@ def _num(x: float) -> str:
         return f"{x:.0f}"
     if x >= 10:
         return f"{x:.1f}"
-    return f"{x:.2f}"
+    if x >= 0.01 or x == 0:
+        return f"{x:.2f}"
+    return f"{x:.2g}"  # a small value keeps its first digits
 
 
 def _ratio(x: float | None) -> str:

@@ -176,7 +176,8 @@ def _saturation_row(kind: str, update_s: float, ingest_s: float, worker_rate: fl
                None, lower_is_better=False,
                note=f"1 / (update {update_s * 1e3:,.1f} ms + ingest {ingest_s * 1e6:.1f} us) = "
                     f"{learner:,.1f} env steps/s the learner takes at one update per env step, "
-                    f"over one worker's {worker_rate:,.0f} env steps/s (collection above)")
+                    f"over one worker's {worker_rate:,.0f} env steps/s (collection above): one "
+                    f"worker outruns the learner {worker_rate / learner:,.0f}x")
 
 
 def run(quick: bool = False) -> list[dict]:
