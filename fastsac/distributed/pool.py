@@ -30,6 +30,7 @@ class _Worker:
     streams: list[int]
     episodes: list[int]
     generation: int = 0  # starts so far; chunks of an older generation are dropped
+    asked: int = 0  # chunks asked of this generation and not yet received
     failures: int = 0  # in a row
     steps: int = 0  # env steps received since the last metrics row
     seconds: float = 0.0  # the worker's time collecting them
@@ -124,11 +125,11 @@ class WorkerPool:
         """Ask worker i for chunks until it has IN_FLIGHT to do, each with the latest
         weights (the learner waits for them in ``receive``: no queue grows unbounded)."""
         w = self.workers[i]
-        asked = sum(1 for j, gen, _ in self._pending.values() if j == i and gen == w.generation)
-        for _ in range(IN_FLIGHT - asked):
+        while w.asked < IN_FLIGHT:
             ref = w.actor.collect.remote(self._weights, self.config.chunk_steps)
             self._pending[ref] = (i, w.generation, self._seq)
             self._seq += 1
+            w.asked += 1
 
     def _put(self, weights: dict, updates: int) -> None:
         self._weights = [updates, ray.put(weights)]  # one copy in the object store for all
@@ -159,7 +160,8 @@ class WorkerPool:
             i, generation, _ = self._pending.pop(ref)
             w = self.workers[i]
             if generation != w.generation:
-                continue  # sent before the worker restarted
+                continue  # asked of the worker it replaced
+            w.asked -= 1
             try:
                 chunk = ray.get(ref)
             except RayError as exc:
@@ -185,6 +187,7 @@ class WorkerPool:
         ray.kill(w.actor, no_restart=True)  # a live actor with a broken env, too
         w.actor = self._new_actor(w.streams)
         w.generation += 1
+        w.asked = 0
         self.restarts += 1
         self._start(i)
 
@@ -194,7 +197,7 @@ class WorkerPool:
         (mean and max over the chunks received), and restarts so far."""
         rates = [w.steps / w.seconds for w in self.workers if w.seconds > 0]
         lags = [lag for w in self.workers for lag in w.lags]
-        rows = {"workers/chunks_in_flight": float(len(self._pending)),
+        rows = {"workers/chunks_in_flight": float(sum(w.asked for w in self.workers)),
                 "workers/restarts": float(self.restarts)}
         if rates:
             rows["workers/steps_per_s_mean"] = float(np.mean(rates))
