@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 
 from fastsac import __version__, bench, tune_process
@@ -94,7 +95,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict({**plain, "sac": sac})
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"fastsac train: warning: {message}\n"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    warnings.formatwarning = _one_line_warning  # e.g. a checkpoint passed over on resume
     try:  # every check happens here, before the first step
         trainer = make_trainer(train_config(args), resume=args.resume)
     except (ValueError, TypeError) as exc:

@@ -192,7 +192,10 @@ def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
     with ``pixels`` its rendered frames."""
     module, _, name = env_id.rpartition(":")  # "module:id": the module registers the id
     if module:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"env {env_id!r}: cannot import {module!r} ({exc})") from exc
     if "mujoco" in str(gym.spec(name).entry_point):
         _mujoco_warnings_to_stderr()
     if not pixels:

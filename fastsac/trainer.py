@@ -57,10 +57,14 @@ class Trainer:
         self.device = _resolve_device(config.device)
         c = config
         self.pool = None  # the env workers, with ``workers``
+        self.runner: EnvRunner | None = None  # the envs in this process, without
         self._eval_env: gym.Env | None = None  # built at the first evaluation, then kept
         if c.workers:
             # The envs step in the workers; one here gives the spaces and evaluates.
-            self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
+            try:
+                self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
+            except gym.error.Error as exc:  # an unknown id, a missing extra: the env option's
+                raise ValueError(f"env {c.env!r}: {exc}") from exc
             spaces = self._eval_env.observation_space, self._eval_env.action_space
         else:
             envs = make_vector_env(c.env, c.num_envs, c.pixels, c.image_size, c.full_render,
@@ -77,15 +81,17 @@ class Trainer:
             else:
                 self.runner = EnvRunner(envs, c.seed, range(c.num_envs), c.frame_stack,
                                         self.obs_dtype)
+            run_dir.mkdir(parents=True, exist_ok=True)  # only once the run could be built
+            self.log = MetricsLog(run_dir / "metrics.csv", fresh)
+            self.checkpoints = Checkpoints(run_dir / "checkpoints", c.keep_checkpoints)
         except BaseException:
-            if c.workers:
+            if self.pool is not None or self.runner is not None:
+                self.close()
+            elif c.workers:
                 self._eval_env.close()
             else:
                 envs.close()
             raise
-        run_dir.mkdir(parents=True, exist_ok=True)  # only once the run could be built
-        self.log = MetricsLog(run_dir / "metrics.csv", fresh)
-        self.checkpoints = Checkpoints(run_dir / "checkpoints")
         self.timers = dict.fromkeys(("env", "act", "buffer", "update"), 0.0)
         self._steps_per_s: float | None = None  # the latest, for the progress bar
 
@@ -208,6 +214,9 @@ class Trainer:
     def env_step(self) -> list[float]:
         """One step of every env: act, step, store, reset the envs whose episode ended.
         Returns the returns of the episodes that ended."""
+        if self.runner is None:
+            raise RuntimeError("env_step steps envs of this process; with workers, call "
+                               "receive")
         t, c = self.timers, self.config
         t0 = time.perf_counter()
         action, env_action = self._actions()
@@ -235,8 +244,6 @@ class Trainer:
         self.pool.refill(self.agent.updates, self._weights)
         chunks, failed = self.pool.receive(self.agent.updates)
         t1 = time.perf_counter()
-        if failed:
-            self.buffer.end_episodes(streams=failed)
         finished: list[float] = []
         for chunk in chunks:
             self.buffer.add_chunk(chunk["obs"], chunk["action"], chunk["reward"],
@@ -244,6 +251,8 @@ class Trainer:
                                   streams=chunk["streams"])
             self.step += chunk["reward"].size
             finished += chunk["returns"]
+        if failed:  # after their last chunks: the replacements' steps come next
+            self.buffer.end_episodes(streams=failed)
         self.timers["env"] += t1 - t0  # waiting for the workers
         self.timers["buffer"] += time.perf_counter() - t1
         return finished
@@ -262,7 +271,9 @@ class Trainer:
         c = self.config
         if self.step < c.learning_starts or not self._can_sample():
             return None
-        self.update_debt += c.updates_per_step * (c.num_envs if steps is None else steps)
+        steps = c.num_envs if steps is None else steps
+        # Only the steps from learning_starts on earn updates (where these cross it).
+        self.update_debt += c.updates_per_step * min(steps, self.step - c.learning_starts + 1)
         metrics = None
         t0 = time.perf_counter()
         while self.update_debt >= 1:
@@ -341,11 +352,18 @@ class Trainer:
         self.checkpoints.save(self.step, self.agent, state, rng,
                               self.buffer if self.config.save_buffer else None)
 
+    def _check_agent(self, state: dict) -> None:
+        """Raise ValueError unless ``state`` holds networks of this run's agent's shapes."""
+        ours = _shapes({k: m.state_dict() for k, m in self.agent.modules.items()})
+        if not isinstance(state.get("modules"), dict) or _shapes(state["modules"]) != ours:
+            raise ValueError("its networks are not this run's agent's")
+
     def restore(self) -> None:
         """Continue from the latest checkpoint: everything but the episodes in flight, which
         restart (their steps so far stay in the buffer, ended as truncated)."""
         agent_state, state, rng, buffer = self.checkpoints.load(
-            self.device, memory=self.config.buffer_memory, prefetch=self.prefetch)
+            self.device, memory=self.config.buffer_memory, prefetch=self.prefetch,
+            check_agent=self._check_agent)
         self.agent.load_state_dict(agent_state)
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
@@ -361,6 +379,10 @@ class Trainer:
         self.eval_returns = {int(k): float(v) for k, v in state["eval_returns"].items()}
         self.rng.bit_generator.state = state["rng"]
         self.log.truncate(int(state["metrics_bytes"]))  # rows written after the checkpoint
+
+
+def _shapes(modules: dict) -> dict:
+    return {name: {k: tuple(v.shape) for k, v in m.items()} for name, m in modules.items()}
 
 
 def default_run_dir(config: TrainConfig) -> Path:

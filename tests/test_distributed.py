@@ -57,8 +57,10 @@ def check_transitions(buffer, cfg: TrainConfig, max_episode: int) -> None:
     """Every sampled transition is one step of one episode of one env stream."""
     owner = {seed_code(episode_seed(cfg.seed, s, e)): s
              for s in range(cfg.num_streams) for e in range(max_episode + 1)}
-    batch = buffer.sample(buffer.num_sampleable)
-    obs, next_obs = batch.obs.numpy(), batch.next_obs.numpy()
+    n = buffer.num_sampleable  # 4n draws with replacement: each step seen with p = 0.98
+    batches = [buffer.sample(n) for _ in range(4)]
+    obs = np.concatenate([b.obs.numpy() for b in batches])
+    next_obs = np.concatenate([b.next_obs.numpy() for b in batches])
     for o, n in zip(obs, next_obs):
         assert tuple(o[:2]) == tuple(n[:2]), (o, n)  # the same episode
         assert n[2] == o[2] + 1, (o, n)  # its next step
@@ -71,7 +73,8 @@ def spy_on_chunks(trainer) -> list[dict]:
 
     def spy(updates):
         chunks, failed = receive(updates)
-        seen.extend(dict(worker=c["streams"][0], version=c["version"], steps=c["reward"].size)
+        seen.extend(dict(worker=c["streams"][0], version=c["version"], steps=c["reward"].size,
+                         ids={tuple(o) for o in c["obs"].reshape(-1, 3).tolist()})
                     for c in chunks)
         return chunks, failed
     trainer.pool.receive = spy
@@ -84,7 +87,9 @@ def test_workers_fill_their_streams_and_get_newer_weights(local_ray, tmp_path):
     seen = spy_on_chunks(trainer)
     result = trainer.run()
     assert trainer.step >= cfg.total_steps
-    assert trainer.step == sum(c["steps"] for c in seen) == len(result.buffer)  # once each
+    assert trainer.step == sum(c["steps"] for c in seen) == len(result.buffer)
+    ids = [i for c in seen for i in c["ids"]]  # (episode, t) of every step received
+    assert len(ids) == len(set(ids)) == trainer.step  # each env step stored once
     check_transitions(result.buffer, cfg, max(trainer.episodes))
     # Random actions until learning starts, then weights whose version (the learner's update
     # count) grows, chunk after chunk of each worker.
@@ -150,6 +155,28 @@ def test_resume_restarts_the_workers_with_the_checkpoints_weights(local_ray, tmp
     trainer.run()
     assert all(c["version"] is not None and c["version"] >= first.agent.updates for c in seen)
     assert trainer.step >= 1_200
+
+
+def test_a_failed_workers_last_chunk_is_stored_before_its_episodes_end(local_ray, tmp_path):
+    """A chunk and its worker's failure in one receive: the chunk's episode in flight must end
+    (else the replacement's first episode could continue it)."""
+    trainer = make_trainer(config(tmp_path))
+    trainer.start()
+    receive = trainer.pool.receive
+
+    def last_chunk_then_failure(updates):
+        while True:
+            chunks, failed = receive(updates)
+            mine = [c for c in chunks if c["streams"] == [2, 3]]
+            done = mine and (mine[-1]["terminated"][-1] | mine[-1]["truncated"][-1])
+            if mine and not done.any():  # its episodes run on past the chunk
+                return chunks, failed + [2, 3]
+            trainer.pool.refill(updates, lambda: None)
+    trainer.pool.receive = last_chunk_then_failure
+    trainer.receive()
+    running = trainer.buffer._core.stream_state()[3::4]  # per stream: an episode is open
+    assert list(running[2:]) == [0, 0]
+    trainer.close()
 
 
 @pytest.mark.parametrize("options, name", [

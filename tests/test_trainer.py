@@ -265,9 +265,10 @@ def test_checkpoints_remove_only_their_own_stale_files(tmp_path):
     (ckpt / "notes").mkdir()
     (ckpt / "README.txt").write_text("mine")
     train(quick(tmp_path, total_steps=200, checkpoint_every=100))
-    assert sorted(p.name for p in ckpt.iterdir()) == [
-        "README.txt", "agent-200.pt", "buffer-200.npz", "latest.json", "notes",
-        "trainer-200.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [  # the two newest checkpoints
+        "README.txt", "agent-100.pt", "agent-200.pt", "buffer-100.npz", "buffer-200.npz",
+        "checkpoint-100.json", "checkpoint-200.json", "latest.json", "notes",
+        "trainer-100.json", "trainer-200.json"]
 
 
 def test_resume_refuses_changed_options(tmp_path):
@@ -297,8 +298,10 @@ def test_a_run_killed_while_saving_resumes_from_the_previous_checkpoint(tmp_path
     r = train(cfg, resume=cfg.run_dir)  # continues from step 200
     full = train(quick(tmp_path / "full", total_steps=400))
     assert all(torch.equal(p, q) for p, q in zip(params(full.agent), params(r.agent)))
-    assert sorted(p.name for p in ckpt.iterdir()) == \
-        ["agent-400.pt", "buffer-400.npz", "latest.json", "trainer-400.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [  # no temporary file left behind
+        "agent-200.pt", "agent-400.pt", "buffer-200.npz", "buffer-400.npz",
+        "checkpoint-200.json", "checkpoint-400.json", "latest.json", "trainer-200.json",
+        "trainer-400.json"]
 
 
 def test_resume_ends_the_episodes_in_flight_even_when_the_restart_looks_the_same(tmp_path):

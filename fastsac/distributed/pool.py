@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,8 @@ from fastsac.config import TrainConfig
 from fastsac.distributed.worker import EnvWorker
 
 IN_FLIGHT = 2  # chunks per worker: one being collected, one waiting to be
-MAX_RESTARTS = 5  # failures in a row (no chunk in between) before a worker's error is raised
+MAX_RESTARTS = 5  # replacements of a worker in a row (no chunk in between); the next failure
+# stops the run with the worker's error
 WAIT_S = 300.0  # a run stops with an error when no worker sends a chunk for this long
 CONNECT_S = 10.0  # for a Ray address to answer
 
@@ -29,8 +30,9 @@ class _Worker:
     actor: ray.actor.ActorHandle
     streams: list[int]
     episodes: list[int]
-    generation: int = 0  # starts so far; chunks of an older generation are dropped
-    asked: int = 0  # chunks asked of this generation and not yet received
+    generation: int = 0  # starts so far: seeds the worker's random actions
+    queue: deque = field(default_factory=deque)  # chunks asked for, oldest first
+    started: ray.ObjectRef | None = None  # its start(): each chunk waits for it
     failures: int = 0  # in a row
     steps: int = 0  # env steps received since the last metrics row
     seconds: float = 0.0  # the worker's time collecting them
@@ -88,8 +90,6 @@ class WorkerPool:
         for i in range(c.workers):
             streams = list(range(i * e, (i + 1) * e))
             self.workers.append(_Worker(self._new_actor(streams), streams, [-1] * e))
-        self._pending: dict[ray.ObjectRef, tuple[int, int, int]] = {}  # ref: worker, gen, seq
-        self._seq = 0
         self._weights: list = []  # [version, ref] once there are weights
         self._synced_at: int | None = None
         self.restarts = 0
@@ -118,18 +118,17 @@ class WorkerPool:
 
     def _start(self, i: int) -> None:
         w = self.workers[i]
-        w.actor.start.remote(w.episodes, w.generation)
+        w.started = w.actor.start.remote(w.episodes, w.generation)
         self._fill(i)
 
     def _fill(self, i: int) -> None:
         """Ask worker i for chunks until it has IN_FLIGHT to do, each with the latest
         weights (the learner waits for them in ``receive``: no queue grows unbounded)."""
         w = self.workers[i]
-        while w.asked < IN_FLIGHT:
-            ref = w.actor.collect.remote(self._weights, self.config.chunk_steps)
-            self._pending[ref] = (i, w.generation, self._seq)
-            self._seq += 1
-            w.asked += 1
+        while len(w.queue) < IN_FLIGHT:
+            # `started` as an argument: a start() that raised fails the chunk with its error.
+            w.queue.append(w.actor.collect.remote(self._weights, self.config.chunk_steps,
+                                                  w.started))
 
     def _put(self, weights: dict, updates: int) -> None:
         self._weights = [updates, ray.put(weights)]  # one copy in the object store for all
@@ -147,35 +146,39 @@ class WorkerPool:
             self._fill(i)
 
     def receive(self, updates: int) -> tuple[list[dict], list[int]]:
-        """(the chunks that arrived, oldest first, waiting up to WAIT_S for one; the streams of
-        workers that failed meanwhile, now restarting). ``updates``: the learner's count now,
-        for the policy lag. Call ``refill`` after learning from them."""
-        refs = list(self._pending)
-        ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
+        """(the chunks that arrived, each worker's in the order asked, waiting up to WAIT_S for
+        one; the streams of workers that failed meanwhile, now replaced). ``updates``: the
+        learner's count now, for the policy lag. Store the chunks before ending the failed
+        streams' episodes; call ``refill`` after learning from them."""
+        heads = self._heads()
+        ready, _ = ray.wait(list(heads), num_returns=1, timeout=WAIT_S)
         if not ready:
             raise RuntimeError(f"no env worker sent a chunk in {WAIT_S:.0f} s")
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)  # all that are ready
         chunks, failed = [], []
-        for ref in sorted(ready, key=lambda r: self._pending[r][2]):  # a worker's in order
-            i, generation, _ = self._pending.pop(ref)
-            w = self.workers[i]
-            if generation != w.generation:
-                continue  # asked of the worker it replaced
-            w.asked -= 1
-            try:
-                chunk = ray.get(ref)
-            except RayError as exc:
-                failed += w.streams
-                self._restart(i, exc)
-                continue
-            w.failures = 0
-            w.episodes = chunk["episodes"]
-            w.steps += chunk["reward"].size
-            w.seconds += chunk["seconds"]
-            if chunk["version"] is not None:
-                w.lags.append(updates - chunk["version"])
-            chunks.append(chunk)
+        while ready:  # only a worker's oldest chunk is taken: a later one waits its turn
+            for ref in ready:
+                i = heads[ref]
+                w = self.workers[i]
+                w.queue.popleft()
+                try:
+                    chunk = ray.get(ref)
+                except RayError as exc:
+                    failed += w.streams
+                    self._restart(i, exc)
+                    continue
+                w.failures = 0
+                w.episodes = chunk["episodes"]
+                w.steps += chunk["reward"].size
+                w.seconds += chunk["seconds"]
+                if chunk["version"] is not None:
+                    w.lags.append(updates - chunk["version"])
+                chunks.append(chunk)
+            heads = self._heads()
+            ready = ray.wait(list(heads), num_returns=len(heads), timeout=0)[0] if heads else []
         return chunks, failed
+
+    def _heads(self) -> dict:
+        return {w.queue[0]: i for i, w in enumerate(self.workers) if w.queue}
 
     def _restart(self, i: int, exc: BaseException) -> None:
         """Replace worker i by a new actor, started at its streams' next episodes. (Not Ray's
@@ -187,7 +190,7 @@ class WorkerPool:
         ray.kill(w.actor, no_restart=True)  # a live actor with a broken env, too
         w.actor = self._new_actor(w.streams)
         w.generation += 1
-        w.asked = 0
+        w.queue.clear()  # its chunks asked of the old actor are lost
         self.restarts += 1
         self._start(i)
 
@@ -197,7 +200,7 @@ class WorkerPool:
         (mean and max over the chunks received), and restarts so far."""
         rates = [w.steps / w.seconds for w in self.workers if w.seconds > 0]
         lags = [lag for w in self.workers for lag in w.lags]
-        rows = {"workers/chunks_in_flight": float(sum(w.asked for w in self.workers)),
+        rows = {"workers/chunks_in_flight": float(sum(len(w.queue) for w in self.workers)),
                 "workers/restarts": float(self.restarts)}
         if rates:
             rows["workers/steps_per_s_mean"] = float(np.mean(rates))
@@ -210,10 +213,12 @@ class WorkerPool:
         return rows
 
     def close(self) -> None:
-        for w in self.workers:
-            ray.kill(w.actor, no_restart=True)
-        self._pending.clear()
-        self._shutdown()
+        try:
+            for w in self.workers:
+                w.queue.clear()
+                ray.kill(w.actor, no_restart=True)
+        finally:
+            self._shutdown()
 
     def _shutdown(self) -> None:
         if self._owns_ray:

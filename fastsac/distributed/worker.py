@@ -61,7 +61,8 @@ class EnvWorker:
             self.policy.modules[name].load_state_dict(module_state)
         self.version = weights[0]
 
-    def collect(self, weights: list, steps: int) -> dict:
+    def collect(self, weights: list, steps: int, started=None) -> dict:
+        """``started``: the result of ``start`` (Ray passes its error on instead)."""
         self._load(weights)
         t0 = time.perf_counter()
         runner, n = self.runner, len(self.streams)
