@@ -7,7 +7,9 @@ buffer samples exactly what the saved one would have. ``storage`` is laid out as
 
 - ``WRITTEN_SLOTS`` (2, what ``save`` writes): stream after stream, the slots each stream has
   written, so a file grows as the buffer fills, not with its capacity;
-- ``WHOLE_BLOCK`` (1, what ``state_dict`` returns): the core's whole block of slots.
+- ``WHOLE_BLOCK`` (1, what ``state_dict`` returns): the core's whole block of slots;
+- ``IN_FILE`` (3, both, for a buffer whose slots are in a file): nothing, the slots being in
+  ``config["path"]``; a ``floors`` member adds each stream's first position still held.
 
 Files and state dicts are read in either layout, through one restore path.
 
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastsac._io import atomic_write
+from fastsac._mapped import slots_exist as _slots_exist
 
 if TYPE_CHECKING:
     from fastsac._core import ReplayCore
@@ -33,26 +36,51 @@ if TYPE_CHECKING:
 FORMAT = "fastsac.ReplayBuffer"
 WHOLE_BLOCK = 1  # "storage" is the core's whole block of slots
 WRITTEN_SLOTS = 2  # "storage" is each stream's written slots, one stream after the other
-VERSIONS = (WHOLE_BLOCK, WRITTEN_SLOTS)
+IN_FILE = 3  # the slots are in the buffer's file (config["path"]); "storage" is empty
+VERSIONS = (WHOLE_BLOCK, WRITTEN_SLOTS, IN_FILE)
 KEYS = ("format", "version", "config", "storage", "streams", "rng")
 _CHUNK = 64 << 20
 
 
 def _counters(core: ReplayCore) -> dict:
-    """The ``streams`` and ``rng`` members (read under the core's lock)."""
-    return {"streams": np.asarray(core.stream_state(), dtype=np.int64),
-            "rng": np.asarray(core.rng_state(), dtype=np.uint64)}
+    """The ``streams`` and ``rng`` members, and ``floors`` for a file-backed core (read under
+    the core's lock)."""
+    counters = {"streams": np.asarray(core.stream_state(), dtype=np.int64),
+                "rng": np.asarray(core.rng_state(), dtype=np.uint64)}
+    if core.file_backed:
+        counters["floors"] = np.asarray(core.floors(), dtype=np.int64)
+    return counters
+
+
+def _in_file(core: ReplayCore, config: dict) -> dict:
+    """A file-backed core's state: its slots flushed to the disk, its bookkeeping."""
+    core.flush()
+    return {"format": FORMAT, "version": IN_FILE, "config": config,
+            "storage": np.empty(0, np.uint8), **_counters(core)}
 
 
 def state_dict(core: ReplayCore, config: dict) -> dict:
     """A consistent copy, taken under the core's lock (later adds do not change it)."""
     with core.locked():
+        if core.file_backed:
+            return _in_file(core, config)
         return {"format": FORMAT, "version": WHOLE_BLOCK, "config": config,
                 "storage": core.slots().copy(), **_counters(core)}
 
 
 def save(path: str | os.PathLike, core: ReplayCore, config: dict) -> None:
-    """Write ``core`` in the ``WRITTEN_SLOTS`` layout, atomically (temporary file, rename)."""
+    """Write ``core`` in the ``WRITTEN_SLOTS`` layout (a file-backed core: its bookkeeping,
+    ``IN_FILE``), atomically (temporary file, rename)."""
+    if core.file_backed:
+        with core.locked():
+            state = _in_file(core, config)
+        with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            for key, value in state.items():
+                if key == "config":
+                    value = json.dumps(value)
+                with z.open(f"{key}.npy", "w") as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+        return
     with atomic_write(path) as f, core.locked():
         members = {"format": FORMAT, "version": WRITTEN_SLOTS, "config": json.dumps(config),
                    **_counters(core)}
@@ -133,7 +161,18 @@ def restore(core: ReplayCore, config: dict, state: Mapping) -> ReplayCore:
     if theirs != mine:
         raise ValueError(f"state was saved from a buffer with config {theirs}, this buffer has "
                          f"{mine}")
+    if (int(state["version"]) == IN_FILE) != core.file_backed:
+        raise ValueError("a state of a file-backed buffer (version 3) loads into a buffer of "
+                         "the same path only, and such a buffer loads only such a state")
     core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
+    if core.file_backed:
+        if "floors" not in state:
+            raise ValueError("state is missing ['floors']")
+        core.set_floors([int(w) for w in np.asarray(state["floors"], dtype=np.int64)])
+        core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
+        core.drop_overwritten()  # slots written after this state was saved are lost
+        core.check_integrity()
+        return core
     target = core.slots()
     spans = [(0, target.nbytes)] if int(state["version"]) == WHOLE_BLOCK \
         else core.written_spans()
@@ -158,10 +197,12 @@ def load(path: str | os.PathLike, build: Callable[[dict], ReplayCore]) -> Replay
             if missing:
                 raise ValueError(f"missing {missing}")
             state = {k: np.lib.format.read_array(z.open(f"{k}.npy"), allow_pickle=False)
-                     for k in KEYS if k != "storage"}
+                     for k in (*KEYS, "floors") if k != "storage" and f"{k}.npy" in names}
             state["format"] = str(state["format"])
             _check_header(state)  # before building a buffer of a foreign file's config
             state["config"] = json.loads(str(state["config"]))
+            if int(state["version"]) == IN_FILE and not _slots_exist(state["config"]):
+                raise ValueError(f"its slots file is missing from {state['config'].get('path')}")
             try:
                 core = build(state["config"])
             except (TypeError, ValueError) as exc:

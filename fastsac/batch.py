@@ -23,3 +23,8 @@ class Batch(NamedTuple):
     reward: torch.Tensor
     next_obs: torch.Tensor
     discount: torch.Tensor
+
+    def clone(self) -> Batch:
+        """A copy that stays valid: a CPU batch from ``ReplayBuffer.sample`` is a view of
+        memory that the next ``sample`` of the same batch size overwrites."""
+        return Batch(*(t.clone() for t in self))

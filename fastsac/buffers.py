@@ -18,6 +18,7 @@ import torch
 
 from fastsac import _core, _persist
 from fastsac._device_memory import KEY_BYTES, DeviceFrames
+from fastsac._mapped import open_slots, storage_dir
 from fastsac._sampling import Prefetcher, Staging
 from fastsac._validate import (
     as_flags,
@@ -65,6 +66,11 @@ class ReplayBuffer:
             batch size) and draws the next in a background thread, so that gathering (and on
             CUDA copying) it overlaps the caller's work. It holds the buffer as it was at that
             previous call: ``add`` waits for it to finish first.
+        path: a directory to keep the slots in, in a memory-mapped file (``slots``, its
+            blocks allocated up front), so that capacity is bounded by the disk rather than
+            RAM (``memory="host"`` only). The file is locked while the buffer lives. ``save``
+            and ``state_dict`` then hold only the bookkeeping (the file is flushed first), and
+            loading them maps the file again (docs/replay.md).
 
     A returned :class:`Batch` on the CPU is a view of the staging memory: it is valid until
     the next ``sample`` call with the same ``batch_size`` (``clone()`` it to keep it). On CUDA
@@ -76,7 +82,8 @@ class ReplayBuffer:
                  num_envs: int = 1, frame_stack: int = 1, n_step: int = 1, gamma: float = 0.99,
                  storage: str = "episode", device: str | torch.device = "cpu",
                  pin_memory: bool | None = None, seed: int | None = None,
-                 memory: str = "host", prefetch: bool = False) -> None:
+                 memory: str = "host", prefetch: bool = False,
+                 path: str | os.PathLike | None = None) -> None:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
         self.obs_dtype = obs_dtype_of(obs_dtype)
@@ -121,6 +128,7 @@ class ReplayBuffer:
                              "device already, with nothing to overlap")
         self.memory = memory
         self._ring = ring
+        self.path = None if path is None else storage_dir(path, memory, self._file_config())
         self._frames = DeviceFrames(
             self.num_envs, ring, self.obs_shape, self.obs_dtype, self._torch_obs_dtype,
             storage == "transition", self.device) if memory == "device" else None
@@ -141,12 +149,15 @@ class ReplayBuffer:
         keys = self._frames is not None and not host_layout
         if keys:  # the core holds keys, and Python checks the frames
             floats = 0
-        return _core.ReplayCore(
+        args = dict(
             num_envs=self.num_envs, ring=self._ring,
             frame_bytes=KEY_BYTES if keys else self._frame_bytes,
             action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
             gamma=self.gamma, transition=self.storage == "transition", seed=self.seed,
             obs_float_bytes=floats)
+        if self.path is None:
+            return _core.ReplayCore(**args)
+        return open_slots(self.path, self._file_config(), args)
 
     # -- shapes ---------------------------------------------------------------------------
     @property
@@ -347,10 +358,33 @@ class ReplayBuffer:
     # -- persistence ----------------------------------------------------------------------
     def config(self) -> dict:
         """Constructor arguments that rebuild an empty buffer of the same layout."""
-        return dict(capacity=self.capacity, obs_shape=list(self.obs_shape),
+        config = self._file_config()
+        config["seed"] = self.seed
+        if self.path is not None:
+            config["path"] = self.path
+        return config
+
+    def _file_config(self) -> dict:
+        """What a storage directory's buffer.json records (the seed may differ)."""
+        return dict(capacity=self.num_envs * self._ring, obs_shape=list(self.obs_shape),
                     action_shape=list(self.action_shape), obs_dtype=self.obs_dtype.str,
                     num_envs=self.num_envs, frame_stack=self.frame_stack, n_step=self.n_step,
-                    gamma=self.gamma, storage=self.storage, seed=self.seed)
+                    gamma=self.gamma, storage=self.storage)
+
+    def flush(self) -> None:
+        """With ``path``: write every slot to the disk and wait (``save`` does it first)."""
+        self._settle()
+        self._core.flush()
+
+    def close(self) -> None:
+        """Release the buffer's memory, or with ``path`` its file and the file's lock; the
+        buffer cannot be used after."""
+        self._settle()
+        with self._lock:
+            core, self._core = self._core, None
+            self._staging.clear()
+        if core is not None:
+            core.close()
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: config, the slots (as ``storage``, a copy),
@@ -360,6 +394,19 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict`` of a buffer with the same config."""
+        if self.path is not None:  # the slots are in the file: set the bookkeeping in place
+            self._settle()
+            core = self._core
+            before = core.stream_state(), core.floors(), core.rng_state()
+            try:
+                _persist.restore(core, self.config(), state)
+            except BaseException:
+                core.set_stream_state(before[0])
+                core.set_floors(before[1])
+                core.set_rng_state(before[2])
+                raise
+            self._staging.clear()
+            return
         # Into a fresh core first, so a rejected state leaves this buffer as it was.
         self._use_core(_persist.restore(self._new_core(host_layout=True), self.config(), state))
 
@@ -381,7 +428,12 @@ class ReplayBuffer:
                       prefetch=prefetch)
             return buf._core if memory == "host" else buf._new_core(host_layout=True)
 
-        core = _persist.load(path, build)  # fills an empty core: nothing to keep on failure
+        try:
+            core = _persist.load(path, build)  # fills an empty core: nothing to keep on failure
+        except BaseException:
+            if buf is not None:
+                buf.close()  # with a path: its file's lock goes now, not with the traceback
+            raise
         if core is not buf._core:
             buf._use_core(core)
         return buf

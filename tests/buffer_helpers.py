@@ -216,7 +216,7 @@ class Driver:
 
 
 def make_pair(capacity, obs_shape, action_shape=(2,), **kw):
-    ref_kw = {k: v for k, v in kw.items() if k != "seed"}
+    ref_kw = {k: v for k, v in kw.items() if k not in ("seed", "path")}
     buf = ReplayBuffer(capacity, obs_shape, action_shape, **kw)
     ref = ReplayReference(capacity, obs_shape, action_shape, **ref_kw)
     return buf, ref

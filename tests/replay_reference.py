@@ -73,6 +73,7 @@ class ReplayReference:
         self.gamma = float(gamma)
         self.storage = storage
         self.streams = [Stream() for _ in range(num_envs)]
+        self.floors = [0] * num_envs  # per stream: positions before it are lost
 
     # -- writing --------------------------------------------------------------------------
     def add(self, obs, action, reward, next_obs, terminated, truncated):
@@ -138,7 +139,7 @@ class ReplayReference:
     # -- queries --------------------------------------------------------------------------
     def oldest(self, env: int) -> int:
         """First position of stream ``env`` still held."""
-        return max(0, len(self.streams[env].positions) - self.ring)
+        return max(0, len(self.streams[env].positions) - self.ring, self.floors[env])
 
     def held(self, env: int, pos: int) -> bool:
         return self.oldest(env) <= pos < len(self.streams[env].positions)

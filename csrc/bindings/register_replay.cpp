@@ -101,7 +101,7 @@ void register_replay(py::module_& m) {
   py::class_<ReplayCore>(m, "ReplayCore")
       .def(py::init([](int64_t num_envs, int64_t ring, int64_t frame_bytes, int64_t action_dim,
                        int64_t frame_stack, int64_t n_step, double gamma, bool transition,
-                       uint64_t seed, int64_t obs_float_bytes) {
+                       uint64_t seed, int64_t obs_float_bytes, const std::string& path) {
              ReplayConfig c;
              c.num_envs = num_envs;
              c.ring = ring;
@@ -113,11 +113,12 @@ void register_replay(py::module_& m) {
              c.storage = transition ? fastsac::Storage::Transition : fastsac::Storage::Episode;
              c.seed = seed;
              c.obs_float_bytes = obs_float_bytes;
-             return new ReplayCore(c);
+             py::gil_scoped_release nogil;  // creating a large file takes a while
+             return new ReplayCore(c, path);
            }),
            py::arg("num_envs"), py::arg("ring"), py::arg("frame_bytes"), py::arg("action_dim"),
            py::arg("frame_stack"), py::arg("n_step"), py::arg("gamma"), py::arg("transition"),
-           py::arg("seed"), py::arg("obs_float_bytes") = 0)
+           py::arg("seed"), py::arg("obs_float_bytes") = 0, py::arg("path") = "")
       .def(
           "add_steps",
           [](ReplayCore& self, const py::array& streams, int64_t steps, const py::array& obs,
@@ -176,6 +177,17 @@ void register_replay(py::module_& m) {
           "End the running episode of each stream in `streams` (int64 indices; None: every "
           "stream) as truncated at its last observation.")
       .def("check_integrity", &ReplayCore::check_integrity)
+      .def("floors", &ReplayCore::floors)
+      .def("set_floors", &ReplayCore::set_floors)
+      .def("drop_overwritten", &ReplayCore::drop_overwritten,
+           py::call_guard<py::gil_scoped_release>(),
+           "File-backed: treat the slots written after the state's checkpoint as lost; "
+           "returns how many positions that drops.")
+      .def("flush", &ReplayCore::flush, py::call_guard<py::gil_scoped_release>(),
+           "File-backed: write every slot to the disk and wait.")
+      .def_property_readonly("file_backed", &ReplayCore::file_backed)
+      .def("close", &ReplayCore::close, py::call_guard<py::gil_scoped_release>(),
+           "Free the slots (a file: unmap it and release its lock).")
       .def("stream_state", &ReplayCore::stream_state)
       .def("set_stream_state", &ReplayCore::set_stream_state)
       .def("written_spans", &ReplayCore::written_spans,

@@ -44,8 +44,8 @@ void require(bool ok, const char* what) {
 
 }  // namespace
 
-ReplayCore::ReplayCore(const ReplayConfig& config)
-    : cfg_(config), streams_(config.num_envs), rng_(config.seed) {
+ReplayCore::ReplayCore(const ReplayConfig& config, const std::string& path)
+    : cfg_(config), streams_(config.num_envs), floor_(config.num_envs, 0), rng_(config.seed) {
   require(cfg_.num_envs >= 1, "num_envs must be >= 1");
   require(cfg_.ring >= (cfg_.storage == Storage::Episode ? 2 : 1),
           "capacity per env must be >= 2 for episode storage (>= 1 for transition storage)");
@@ -68,8 +68,17 @@ ReplayCore::ReplayCore(const ReplayConfig& config)
   const int64_t num_slots = cfg_.num_envs * cfg_.ring;
   require(num_slots <= std::numeric_limits<int64_t>::max() / stride_, "capacity too large");
   slots_bytes_ = static_cast<size_t>(num_slots) * static_cast<size_t>(stride_);
+  if (!path.empty()) {
+    const FileLayout layout{cfg_.num_envs, cfg_.ring,        stride_,
+                            cfg_.frame_bytes, cfg_.action_dim, static_cast<int64_t>(cfg_.storage)};
+    file_ = std::make_unique<MappedFile>(path, layout, slots_bytes_);
+    data_ = file_->slots();
+    stamps_ = file_->stamps();
+    return;
+  }
   // Zeroed lazily: a large buffer costs memory as it fills; a save never holds garbage.
-  slots_ = std::make_unique<Memory>(slots_bytes_);
+  memory_ = std::make_unique<Memory>(slots_bytes_);
+  data_ = memory_->data();
 }
 
 int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {
@@ -81,6 +90,7 @@ int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {
   h->ep_end = kOpen;
   h->reward = 0.0f;
   h->flags = 0;
+  if (stamps_) stamps_[env * cfg_.ring + pos % cfg_.ring] = pos;
   ++st.count;
   return pos;
 }
@@ -177,6 +187,7 @@ void ReplayCore::add_steps(const int64_t* streams, int64_t count, int64_t steps,
       require(std::isfinite(action[r * cfg_.action_dim + i]), "action must be finite");
   }
   std::lock_guard<std::recursive_mutex> lock(mutex_);
+  require(data_ != nullptr, "the buffer is closed");
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t e = streams[r % count];
     const uint8_t* o = obs + r * cfg_.frame_bytes;
@@ -215,6 +226,7 @@ void ReplayCore::set_stream_state(const std::vector<int64_t>& words) {
             "stream state is inconsistent");
   }
   std::lock_guard<std::recursive_mutex> lock(mutex_);
+  std::fill(floor_.begin(), floor_.end(), 0);  // set_floors() after this, if any
   for (size_t e = 0; e < streams_.size(); ++e) {
     const int64_t* w = &words[e * kStreamStateWords];
     streams_[e] = StreamState{w[0], w[1], w[2], w[3]};
@@ -260,6 +272,65 @@ void ReplayCore::check_integrity() const {
                                     std::to_string(e));
     }
   }
+}
+
+std::vector<int64_t> ReplayCore::floors() const {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  return floor_;
+}
+
+void ReplayCore::set_floors(const std::vector<int64_t>& floors) {
+  require(floors.size() == streams_.size(), "floors has the wrong size");
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  for (size_t e = 0; e < streams_.size(); ++e)
+    require(floors[e] >= 0 && floors[e] <= streams_[e].count, "floors are inconsistent");
+  floor_ = floors;
+}
+
+int64_t ReplayCore::drop_overwritten() {
+  require(stamps_ != nullptr, "drop_overwritten needs a file-backed core");
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  const bool episode = cfg_.storage == Storage::Episode;
+  int64_t lost = 0;
+  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
+    StreamState& st = streams_[e];
+    const int64_t lo = oldest(e);
+    int64_t floor = lo;  // one past the newest held position whose slot holds another one
+    for (int64_t pos = lo; pos < st.count; ++pos)
+      if (stamps_[e * cfg_.ring + pos % cfg_.ring] != pos) floor = pos + 1;
+    for (int64_t pos = lo; pos < floor; ++pos) {  // not held any more: nothing to count
+      header(e, pos)->flags = 0;
+      stamps_[e * cfg_.ring + pos % cfg_.ring] = -1;
+    }
+    lost += floor - lo;
+    floor_[e] = floor;
+    if (st.open && floor >= st.count) st.open = 0;  // its last observation is gone too
+    if (st.open) {
+      // Later steps may have continued or ended the episode running then: it runs again.
+      for (int64_t pos = std::max(st.cur_first, floor); pos < st.count; ++pos)
+        header(e, pos)->ep_end = kOpen;
+      if (episode) {  // its last observation had no step yet
+        header(e, st.count - 1)->flags = 0;
+        header(e, st.count - 1)->reward = 0.0f;
+      }
+    }
+    st.steps = 0;
+    for (int64_t pos = floor; pos < st.count; ++pos) st.steps += (header(e, pos)->flags & kHasStep) != 0;
+  }
+  return lost;
+}
+
+void ReplayCore::flush() const {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  if (file_) file_->flush();
+}
+
+void ReplayCore::close() {
+  std::lock_guard<std::recursive_mutex> lock(mutex_);
+  file_.reset();
+  memory_.reset();
+  data_ = nullptr;
+  stamps_ = nullptr;
 }
 
 Rng::State ReplayCore::rng_state() const {

@@ -16,11 +16,15 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
 
+#include <string>
+
+#include "mapped_file.hpp"
 #include "memory.hpp"
 #include "rng.hpp"
 
@@ -79,7 +83,9 @@ struct SampleOut {
 
 class ReplayCore {
  public:
-  explicit ReplayCore(const ReplayConfig& config);
+  // `path`: keep the slots in that file (created, or reopened: see MappedFile) instead of
+  // memory. A reopened file's slots are there, but nothing is held until state is set.
+  explicit ReplayCore(const ReplayConfig& config, const std::string& path = "");
 
   // `steps` consecutive steps of the streams listed in `streams` (`count` distinct indices):
   // arrays hold steps x count rows, row (t, i) being step t of stream streams[i]. Rows must
@@ -108,7 +114,7 @@ class ReplayCore {
   const ReplayConfig& config() const { return cfg_; }
 
   // State for save/load. The slots are exposed as one block of raw bytes.
-  uint8_t* slots_data() { return slots_->data(); }
+  uint8_t* slots_data() { return data_; }
   size_t slots_bytes() const { return slots_bytes_; }
   std::vector<int64_t> stream_state() const;
   void set_stream_state(const std::vector<int64_t>& words);  // validates, then applies
@@ -121,6 +127,21 @@ class ReplayCore {
   void check_integrity() const;
   Rng::State rng_state() const;
   void set_rng_state(const Rng::State& s);  // rejects the all-zero state (a fixed point)
+
+  // Per stream, the first position that may still be held: positions before it are lost
+  // (0 unless a resume found slots overwritten after its checkpoint). Saved with the state.
+  std::vector<int64_t> floors() const;
+  void set_floors(const std::vector<int64_t>& floors);  // validates, then applies
+  // File-backed: after the state of a checkpoint is set, finds the slots written since then
+  // (their stamps name later positions), treats them and everything older in their stream as
+  // lost (raising the stream's floor), and undoes what later steps changed in the headers of
+  // the episode that was running then. Returns the positions lost.
+  int64_t drop_overwritten();
+  bool file_backed() const { return file_ != nullptr; }
+  void flush() const;  // file-backed: every slot on the disk (msync); else nothing
+  // Frees the slots (file-backed: unmaps the file and releases its lock). Every method but
+  // the destructor then throws.
+  void close();
   // Held by every public method; recursive so that a caller holding it (a consistent save)
   // can still call them.
   std::recursive_mutex& mutex() { return mutex_; }
@@ -128,7 +149,7 @@ class ReplayCore {
  private:
   // Record accessors; `pos` is an absolute position of stream `env`.
   uint8_t* record(int64_t env, int64_t pos) const {
-    return slots_->data() + (env * cfg_.ring + pos % cfg_.ring) * stride_;
+    return data_ + (env * cfg_.ring + pos % cfg_.ring) * stride_;
   }
   SlotHeader* header(int64_t env, int64_t pos) const {
     return reinterpret_cast<SlotHeader*>(record(env, pos));
@@ -142,7 +163,7 @@ class ReplayCore {
   }
   int64_t oldest(int64_t env) const {
     const int64_t c = streams_[env].count;
-    return c > cfg_.ring ? c - cfg_.ring : 0;
+    return std::max(c > cfg_.ring ? c - cfg_.ring : 0, floor_[env]);
   }
   // Last observation position usable as a next observation in a running episode.
   int64_t avail_end(int64_t env) const {
@@ -180,8 +201,12 @@ class ReplayCore {
   int64_t frame_offset_ = 0;
   int64_t stride_ = 0;
   size_t slots_bytes_ = 0;
-  std::unique_ptr<Memory> slots_;
+  std::unique_ptr<Memory> memory_;   // the slots in memory, or
+  std::unique_ptr<MappedFile> file_;  // in a file
+  uint8_t* data_ = nullptr;           // the slots
+  int64_t* stamps_ = nullptr;         // file-backed: per slot, the position written there
   std::vector<StreamState> streams_;
+  std::vector<int64_t> floor_;        // per stream, see floors()
   std::vector<Draw> draws_;  // scratch reused by sample()
   std::vector<Span> spans_;     // scratch reused by sample()
   std::vector<int64_t> ends_;   // scratch: prefix sums of spans_[e].held

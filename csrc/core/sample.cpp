@@ -89,7 +89,7 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
   const int64_t adim = cfg_.action_dim, pos = d.pos, slot = d.slot;
   const double gamma = cfg_.gamma;
   const bool transition = cfg_.storage == Storage::Transition;
-  const uint8_t* const base = slots_->data() + d.env * ring * stride;
+  const uint8_t* const base = data_ + d.env * ring * stride;
   // Neighbouring records by slot arithmetic, without a division each.
   auto rec = [=](int64_t p) {
     int64_t s = slot + (p - pos);
@@ -140,6 +140,7 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
 
 void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
+  if (data_ == nullptr) throw std::invalid_argument("the buffer is closed");
   const int64_t available = num_sampleable_locked();
   if (batch < 1 || batch > available)
     throw std::invalid_argument("batch_size " + std::to_string(batch) + " is larger than the " +
@@ -170,7 +171,7 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
     return Draw{e, spans_[e].oldest + r, slot};
   };
   auto record_of = [&](const Draw& d) {
-    return slots_->data() + (d.env * cfg_.ring + d.slot) * stride_;
+    return data_ + (d.env * cfg_.ring + d.slot) * stride_;
   };
   // Draw all first, touching each header line: the address translations (page walks) of all
   // draws then overlap instead of each one stalling its validation.

@@ -1,0 +1,180 @@
+"""Replay slots in a memory-mapped file (ReplayBuffer(path=DIR)): the same semantics as in
+memory, bookkeeping-only checkpoints, slots overwritten after a checkpoint found and dropped on
+resume (also after a killed process), and bad paths and files refused with nothing lost."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from buffer_helpers import CFG, ENDS, STARTS, Driver, check_against_reference, make_pair
+
+from fastsac import ReplayBuffer
+
+
+def feed(d: Driver, adds: int, rng, open_at_end: bool = True) -> None:
+    for i in range(adds):
+        last = open_at_end and i >= adds - 2
+        d.add([(str(rng.choice(STARTS)), None if last else rng.choice(ENDS))
+               for _ in range(d.n)])
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_a_file_backed_buffer_samples_as_the_reference(tmp_path, storage):
+    buf, ref = make_pair(**CFG, storage=storage, seed=3, path=tmp_path / "slots")
+    d = Driver(buf, ref, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # the rings wrap
+        feed(d, 12, rng)
+        check_against_reference(buf, ref, draws=20)
+    assert sorted(os.listdir(tmp_path / "slots")) == ["buffer.json", "slots"]
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+@pytest.mark.parametrize("after", [0, 3, 9, 40])  # steps added after the checkpoint
+def test_a_resume_drops_the_slots_written_after_its_checkpoint(tmp_path, storage, after):
+    buf, ref = make_pair(**CFG, storage=storage, seed=3, path=tmp_path / "slots")
+    d = Driver(buf, ref, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(2)
+    feed(d, 30, rng)
+    buf.save(tmp_path / "ckpt.npz")  # the bookkeeping only: the slots are in the file
+    assert (tmp_path / "ckpt.npz").stat().st_size < 4096
+    at_checkpoint = copy.deepcopy(ref)
+    feed(d, after, rng)  # then the run dies without another checkpoint
+    buf.close()
+
+    resumed = ReplayBuffer.load(tmp_path / "ckpt.npz")
+    # Each stream lost the oldest positions that later writes took over, and only those.
+    for e, s in enumerate(at_checkpoint.streams):
+        written = len(ref.streams[e].positions)
+        at_checkpoint.floors[e] = min(len(s.positions),
+                                      max(at_checkpoint.oldest(e), written - ref.ring))
+    check_against_reference(resumed, at_checkpoint, draws=20)
+    # and it goes on as a buffer that never saw the lost steps
+    d2 = Driver(resumed, at_checkpoint, rng=np.random.default_rng(5))
+    d2.next_frame, d2.next_step = d.next_frame, d.next_step  # fresh ids
+    resumed.end_episodes()
+    at_checkpoint.end_episodes()
+    feed(d2, 10, rng)
+    check_against_reference(resumed, at_checkpoint, draws=20)
+
+
+def test_a_killed_process_resumes_without_the_overwritten_steps(tmp_path):
+    """A process fills a file-backed buffer, checkpoints, adds more (wrapping its ring), and
+    is killed; the resume sees exactly the steps of the checkpoint it can still trust."""
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        import numpy as np
+        from fastsac import ReplayBuffer
+        buf = ReplayBuffer(100, (4,), (1,), seed=0, path={str(tmp_path / 'slots')!r})
+        def add(i):  # step i: obs i, next_obs i + 1, action i; one endless episode
+            buf.add(np.full(4, i, np.float32), [i], 1.0, np.full(4, i + 1, np.float32),
+                    False, False)
+        for i in range(80):
+            add(i)
+        buf.save({str(tmp_path / 'ckpt.npz')!r})
+        for i in range(80, 110):
+            add(i)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=tmp_path)
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    buf = ReplayBuffer.load(tmp_path / "ckpt.npz")
+    # The checkpoint held steps 0..79 at positions 0..79 of one ring of 100, and o_80 at 80.
+    # The 30 later steps wrote positions 81..110, the last 11 into the slots of positions
+    # 0..10: the steps 0..10 are lost, 11..79 remain.
+    assert len(buf) == 69 and buf.num_sampleable == 69
+    batches = [buf.sample(69).clone() for _ in range(30)]  # a CPU batch is a view
+    steps = np.concatenate([b.action.numpy().ravel() for b in batches])
+    assert set(steps.tolist()) == set(range(11, 80))
+    obs = np.concatenate([b.obs.numpy()[:, 0] for b in batches])
+    next_obs = np.concatenate([b.next_obs.numpy()[:, 0] for b in batches])
+    np.testing.assert_array_equal(obs, steps)
+    np.testing.assert_array_equal(next_obs, steps + 1)
+
+
+def test_the_slots_file_is_locked_while_a_buffer_holds_it(tmp_path):
+    a = ReplayBuffer(64, (2,), (1,), path=tmp_path)
+    with pytest.raises(ValueError, match="another replay buffer holds"):
+        ReplayBuffer(64, (2,), (1,), path=tmp_path)
+    a.close()
+    ReplayBuffer(64, (2,), (1,), path=tmp_path).close()  # free again
+
+
+def test_a_directory_of_another_buffer_is_refused_and_left_as_it_was(tmp_path):
+    ReplayBuffer(64, (2,), (1,), path=tmp_path).close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for kw in (dict(capacity=128), dict(obs_shape=(3,)), dict(obs_dtype=np.uint8)):
+        args = {**dict(capacity=64, obs_shape=(2,), action_shape=(1,)), **kw}
+        with pytest.raises(ValueError, match="another buffer"):
+            ReplayBuffer(**args, path=tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("damage", ["foreign", "version", "layout"])
+def test_a_slots_file_that_is_not_this_buffers_is_refused_untouched(tmp_path, damage):
+    slots = tmp_path / "slots"
+    if damage == "foreign":
+        slots.write_bytes(b"not a replay file" * 500)
+    else:
+        ReplayBuffer(32 if damage == "layout" else 64, (2,), (1,), path=tmp_path).close()
+        (tmp_path / "buffer.json").unlink()  # only the file's own header is left to check
+        if damage == "version":
+            data = bytearray(slots.read_bytes())
+            data[8] = 99
+            slots.write_bytes(bytes(data))
+    before = slots.read_bytes()
+    expected = {"foreign": "not a fastsac replay file", "version": "version 99",
+                "layout": "another buffer shape"}[damage]
+    with pytest.raises(ValueError, match=expected):
+        ReplayBuffer(64, (2,), (1,), path=tmp_path)
+    assert slots.read_bytes() == before
+
+
+def test_a_full_disk_is_refused_before_anything_is_stored(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    steps = free // (84 * 84 * 3) + 1_000_000  # more slots than the disk can hold
+    with pytest.raises(ValueError, match="cannot allocate") as exc:
+        ReplayBuffer(steps, (3, 84, 84), (6,), obs_dtype=np.uint8, path=tmp_path / "big")
+    assert str(tmp_path / "big") in str(exc.value)
+    assert not (tmp_path / "big" / "slots").exists()
+
+
+def test_a_path_that_cannot_be_a_directory_is_refused_by_name(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="path .*file/sub.*cannot create"):
+        ReplayBuffer(64, (2,), (1,), path=tmp_path / "file" / "sub")
+    with pytest.raises(ValueError, match="memory='host'"):
+        ReplayBuffer(64, (2,), (1,), memory="device", path=tmp_path / "d")
+
+
+def test_a_checkpoint_whose_slots_file_is_gone_is_refused(tmp_path):
+    buf = ReplayBuffer(64, (2,), (1,), path=tmp_path / "s")
+    buf.add([0, 0], [0], 1.0, [1, 1], False, False)
+    buf.save(tmp_path / "ckpt.npz")
+    buf.close()
+    (tmp_path / "s" / "slots").unlink()
+    with pytest.raises(ValueError, match="slots file is missing"):
+        ReplayBuffer.load(tmp_path / "ckpt.npz")
+
+
+def test_file_backed_and_in_memory_states_do_not_mix(tmp_path):
+    mem = ReplayBuffer(64, (2,), (1,), seed=0)
+    filed = ReplayBuffer(64, (2,), (1,), seed=0, path=tmp_path)
+    with pytest.raises(ValueError):
+        filed.load_state_dict(mem.state_dict())
+    with pytest.raises(ValueError):
+        mem.load_state_dict(filed.state_dict())
+    assert Path(filed.path) == tmp_path
