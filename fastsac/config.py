@@ -161,6 +161,11 @@ class TrainConfig:
     """Where the replay buffer keeps its frames: "host" (the C++ core's memory; each batch is
     gathered there and copied to the device) or "device" (a tensor on the training device,
     GPU memory with CUDA, where batches are gathered)."""
+    buffer_path: str = ""
+    """A directory to keep the replay buffer's slots in, in a memory-mapped file allocated up
+    front, so that its capacity is bounded by the disk rather than RAM (the page cache keeps
+    the hot part in memory). Checkpoints then hold only its bookkeeping; keep the directory
+    where it is. "": in memory."""
     save_buffer: bool = True
     """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
     run_dir: str = ""
@@ -188,6 +193,9 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("buffer_memory", self.buffer_memory, MEMORIES)
         check_choice("vector_env", self.vector_env, VECTOR_ENVS)
+        if self.buffer_path and self.buffer_memory != "host":
+            raise ValueError("buffer_path keeps the frames in a file: it needs "
+                             "buffer_memory='host'")
         self._check_workers()
 
     def _check_workers(self) -> None:

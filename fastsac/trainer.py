@@ -116,7 +116,7 @@ class Trainer:
             capacity, self.frame_shape, self.action_shape,
             obs_dtype=self.obs_dtype, num_envs=c.num_streams, frame_stack=c.frame_stack,
             n_step=c.sac.n_step, gamma=c.sac.gamma, device=self.device, seed=c.seed,
-            memory=c.buffer_memory, prefetch=self.prefetch)
+            memory=c.buffer_memory, prefetch=self.prefetch, path=c.buffer_path or None)
         torch.manual_seed(c.seed)
         self.agent = SAC(self.buffer.stacked_obs_shape, self.action_shape, c.sac, self.device)
         self.rng = np.random.default_rng(c.seed)  # warm-up actions
@@ -361,6 +361,8 @@ class Trainer:
     def restore(self) -> None:
         """Continue from the latest checkpoint: everything but the episodes in flight, which
         restart (their steps so far stay in the buffer, ended as truncated)."""
+        if self.buffer.path is not None:  # its file is locked: the loaded buffer maps it
+            self.buffer.close()
         agent_state, state, rng, buffer = self.checkpoints.load(
             self.device, memory=self.config.buffer_memory, prefetch=self.prefetch,
             check_agent=self._check_agent)

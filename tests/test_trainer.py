@@ -17,6 +17,7 @@ from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
 from fastsac.cli import main
 from fastsac.envs import FrameStack, random_policy_return
+from fastsac.trainer import make_trainer
 
 TINY = SACConfig(hidden=(16, 16))
 
@@ -317,6 +318,33 @@ def test_resume_ends_the_episodes_in_flight_even_when_the_restart_looks_the_same
     assert len(r.buffer) == 6 and r.buffer.num_sampleable == 5
     rewards = {round(float(x), 4) for _ in range(20) for x in r.buffer.sample(5).reward}
     assert rewards == {round(1 + 2 * g, 4), round(2 + 3 * g, 4), 3.0}
+
+
+def test_a_file_backed_buffer_resumes_without_slots_written_after_the_checkpoint(
+        tmp_path, monkeypatch):
+    """A run whose buffer is in a file dies after a checkpoint, its ring having wrapped since:
+    the resume drops the overwritten slots, and no stored transition joins two episodes."""
+    cfg = quick(tmp_path, env="fastsac-test/Counter-v0", total_steps=600, buffer_size=500,
+                checkpoint_every=300, learning_starts=10_000,
+                buffer_path=str(tmp_path / "replay"))
+    real_save, calls = ReplayBuffer.save, []
+
+    def dies_at_second_save(self, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed at step 600, after 300 more steps in the file
+        real_save(self, path)
+    monkeypatch.setattr(ReplayBuffer, "save", dies_at_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(ReplayBuffer, "save", real_save)
+    assert (tmp_path / "run" / "checkpoints" / "buffer-300.npz").stat().st_size < 4096
+    trainer = make_trainer(cfg, resume=cfg.run_dir)
+    # ~330 slots written by step 300, ~660 by 600: the oldest ~160 were taken over
+    assert trainer.step == 300 and 100 < len(trainer.buffer) < 250, len(trainer.buffer)
+    result = trainer.run()
+    assert len(result.buffer) > 200
+    check_no_transition_joins_episodes(result.buffer, TINY.gamma)
 
 
 class LoopEnv(gym.Env):
