@@ -107,3 +107,15 @@ def test_bench_workers_quick(tmp_path, monkeypatch):
     for r in rows[:5] + rows[7:9]:
         assert r["seed"] > 0, r  # each measured beside its baseline
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
+def test_bench_storage_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTSAC_BENCH_DIR", str(tmp_path))
+    out = tmp_path / "storage.json"
+    assert cli.main(["bench", "storage", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].split(",")[0].split(" (")[0] for r in rows] == \
+        ["image fill", "image sample(256)", "checkpoint of a 2"]
+    for r in rows:
+        assert r["fastsac"] > 0 and r["seed"] > 0 and math.isfinite(r["ratio"]), r
+    assert list(tmp_path.iterdir()) == [out]  # its files are gone

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastsac.bench import buffer, gpu, train, update, workers
+from fastsac.bench import buffer, gpu, storage, train, update, workers
 from fastsac.bench._util import machine, start_clock
 
 BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
@@ -18,6 +18,9 @@ BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
     "update": ("SAC learner: updates per second and act() latency", update.run),
     "train": ("end-to-end training on HalfCheetah-v5, vector and pixels (needs the mujoco "
               "extra)", train.run),
+    "storage": ("replay slots in a memory-mapped file next to memory: fill, sampling in the "
+                "page cache and from the disk, checkpoints, a file larger than RAM (needs "
+                "1.5x RAM of free disk for that case)", storage.run),
     "workers": ("env workers on Ray next to the one-process loop: collection, Ray's cost per "
                 "chunk, learner ingest, end-to-end training (needs the ray and mujoco extras)",
                 workers.run),
