@@ -174,9 +174,14 @@ def rewrite(src, dst, **changes) -> None:
 
 
 def test_load_rejects_other_version(saved, tmp_path):
+    bad = tmp_path / "v99.npz"
+    rewrite(saved, bad, version=np.asarray(99))
+    with pytest.raises(ValueError, match="version"):
+        ReplayBuffer.load(bad)
+    # version 3 is a file-backed buffer's bookkeeping: an in-memory buffer's file is not one
     bad = tmp_path / "v3.npz"
     rewrite(saved, bad, version=np.asarray(3))
-    with pytest.raises(ValueError, match="version"):
+    with pytest.raises(ValueError, match="not a readable fastsac replay buffer file"):
         ReplayBuffer.load(bad)
 
 
