@@ -16,7 +16,8 @@ class CoreLock:
 class ReplayCore:
     def __init__(self, num_envs: int, ring: int, frame_bytes: int, action_dim: int,
                  frame_stack: int, n_step: int, gamma: float, transition: bool,
-                 seed: int, obs_float_bytes: int = 0, path: str = "") -> None: ...
+                 seed: int, obs_float_bytes: int = 0, path: str = "",
+                 pad_zeros: bool = False) -> None: ...
     def add_steps(self, streams: npt.NDArray[np.int64], steps: int, obs: npt.NDArray,
                   action: npt.NDArray[np.float32], reward: npt.NDArray[np.float32],
                   next_obs: npt.NDArray, terminated: npt.NDArray[np.uint8],

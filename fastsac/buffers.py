@@ -34,6 +34,7 @@ from fastsac.batch import Batch
 from fastsac.config import MEMORIES
 
 STORAGES = ("episode", "transition")
+STACK_PADS = ("first", "zeros")
 
 
 class ReplayBuffer:
@@ -66,6 +67,9 @@ class ReplayBuffer:
             batch size) and draws the next in a background thread, so that gathering (and on
             CUDA copying) it overlaps the caller's work. It holds the buffer as it was at that
             previous call: ``add`` waits for it to finish first.
+        stack_pad: what a frame stack holds before an episode's start: ``"first"`` (its
+            first frame, repeated) or ``"zeros"`` (zero frames, as SB3's ``VecFrameStack``;
+            ``memory="host"`` only).
         path: a directory to keep the slots in, in a memory-mapped file (``slots``, its
             blocks allocated up front), so that capacity is bounded by the disk rather than
             RAM (``memory="host"`` only). The file is locked while the buffer lives. ``save``
@@ -83,7 +87,7 @@ class ReplayBuffer:
                  storage: str = "episode", device: str | torch.device = "cpu",
                  pin_memory: bool | None = None, seed: int | None = None,
                  memory: str = "host", prefetch: bool = False,
-                 path: str | os.PathLike | None = None) -> None:
+                 path: str | os.PathLike | None = None, stack_pad: str = "first") -> None:
         self.obs_shape = shape("obs_shape", obs_shape)
         self.action_shape = shape("action_shape", action_shape)
         self.obs_dtype = obs_dtype_of(obs_dtype)
@@ -127,6 +131,10 @@ class ReplayBuffer:
             raise ValueError("prefetch=True with memory='device': batches are gathered on the "
                              "device already, with nothing to overlap")
         self.memory = memory
+        check_choice("stack_pad", stack_pad, STACK_PADS)
+        if stack_pad == "zeros" and memory == "device":
+            raise ValueError("stack_pad='zeros' needs memory='host'")
+        self.stack_pad = stack_pad
         self._ring = ring
         self.path = None if path is None else storage_dir(path, memory, self._file_config())
         self._frames = DeviceFrames(
@@ -154,7 +162,7 @@ class ReplayBuffer:
             frame_bytes=KEY_BYTES if keys else self._frame_bytes,
             action_dim=self._action_dim, frame_stack=self.frame_stack, n_step=self.n_step,
             gamma=self.gamma, transition=self.storage == "transition", seed=self.seed,
-            obs_float_bytes=floats)
+            obs_float_bytes=floats, pad_zeros=self.stack_pad == "zeros")
         if self.path is None:
             return _core.ReplayCore(**args)
         return open_slots(self.path, self._file_config(), args)
@@ -366,10 +374,13 @@ class ReplayBuffer:
 
     def _file_config(self) -> dict:
         """What a storage directory's buffer.json records (the seed may differ)."""
-        return dict(capacity=self.num_envs * self._ring, obs_shape=list(self.obs_shape),
-                    action_shape=list(self.action_shape), obs_dtype=self.obs_dtype.str,
-                    num_envs=self.num_envs, frame_stack=self.frame_stack, n_step=self.n_step,
-                    gamma=self.gamma, storage=self.storage)
+        config = dict(capacity=self.num_envs * self._ring, obs_shape=list(self.obs_shape),
+                      action_shape=list(self.action_shape), obs_dtype=self.obs_dtype.str,
+                      num_envs=self.num_envs, frame_stack=self.frame_stack,
+                      n_step=self.n_step, gamma=self.gamma, storage=self.storage)
+        if self.stack_pad != "first":  # only then: files of the default stay as they were
+            config["stack_pad"] = self.stack_pad
+        return config
 
     def flush(self) -> None:
         """With ``path``: write every slot to the disk and wait (``save`` does it first)."""

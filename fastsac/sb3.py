@@ -42,15 +42,18 @@ class ReplayBuffer(BaseBuffer):
 
     SB3 passes its constructor arguments; the rest come through ``replay_buffer_kwargs``:
     ``n_step`` and ``gamma`` (n-step returns; ``NStepReplayBuffer`` takes SB3's ``n_steps``),
-    ``seed`` (of the sampling RNG) and ``path`` (keep the slots in a file, see
-    ``fastsac.ReplayBuffer``).
+    ``frame_stack`` (observations from ``VecFrameStack(env, frame_stack)``, stacked along
+    their first axis, as SB3 has them channels-first: only the newest frame of each is stored,
+    and sampled stacks are exactly VecFrameStack's, zero frames included), ``seed`` (of the
+    sampling RNG) and ``path`` (keep the slots in a file, see ``fastsac.ReplayBuffer``).
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space,
                  action_space: spaces.Space, device: torch.device | str = "auto",
                  n_envs: int = 1, optimize_memory_usage: bool = False,
                  handle_timeout_termination: bool = True, *, n_step: int = 1,
-                 gamma: float = 0.99, seed: int | None = None, path: str | None = None):
+                 gamma: float = 0.99, frame_stack: int = 1, seed: int | None = None,
+                 path: str | None = None):
         super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs)
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"observation_space must be a Box (fastsac stores arrays), got "
@@ -63,11 +66,18 @@ class ReplayBuffer(BaseBuffer):
         self.optimize_memory_usage = False
         self._action_dtype = np.float32 if action_space.dtype == np.float64 \
             else action_space.dtype
+        if frame_stack < 1 or self.obs_shape[0] % frame_stack:
+            raise ValueError(f"frame_stack {frame_stack} must divide the first axis of the "
+                             f"observations {self.obs_shape} (stacked along it)")
+        # VecFrameStack observations: only the newest frame is stored, and the core rebuilds
+        # the stacks, with zero frames before an episode's start as VecFrameStack has.
+        self._frame = self.obs_shape[0] // frame_stack
         self._kwargs = dict(
-            capacity=self.buffer_size * n_envs, obs_shape=self.obs_shape,
-            action_shape=(self.action_dim,), obs_dtype=observation_space.dtype,
-            num_envs=n_envs, n_step=n_step, gamma=gamma, device=self.device, seed=seed,
-            path=path)
+            capacity=self.buffer_size * n_envs,
+            obs_shape=(self._frame, *self.obs_shape[1:]), action_shape=(self.action_dim,),
+            obs_dtype=observation_space.dtype, num_envs=n_envs, frame_stack=frame_stack,
+            n_step=n_step, gamma=gamma, device=self.device, seed=seed, path=path,
+            stack_pad="zeros" if frame_stack > 1 else "first")
         self.buffer = _ReplayBuffer(**self._kwargs)
         self._adds = 0
 
@@ -79,10 +89,11 @@ class ReplayBuffer(BaseBuffer):
         if not self.handle_timeout_termination:
             truncated[:] = False  # SB3's meaning: every done is a termination
         truncated &= done
-        self.buffer.add(np.asarray(obs).reshape(self.n_envs, *self.obs_shape),
+        newest = slice(self.obs_shape[0] - self._frame, None)  # the newest frame of a stack
+        self.buffer.add(np.asarray(obs).reshape(self.n_envs, *self.obs_shape)[:, newest],
                         np.asarray(action, dtype=np.float32).reshape(self.n_envs, -1),
                         np.asarray(reward, dtype=np.float32).reshape(self.n_envs),
-                        np.asarray(next_obs).reshape(self.n_envs, *self.obs_shape),
+                        np.asarray(next_obs).reshape(self.n_envs, *self.obs_shape)[:, newest],
                         done & ~truncated, truncated)
         self._adds += 1
         self.pos = self._adds % self.buffer_size

@@ -61,7 +61,7 @@ class Expected:
 
 class ReplayReference:
     def __init__(self, capacity, obs_shape, action_shape, *, obs_dtype=np.float32, num_envs=1,
-                 frame_stack=1, n_step=1, gamma=0.99, storage="episode"):
+                 frame_stack=1, n_step=1, gamma=0.99, storage="episode", stack_pad="first"):
         assert storage in ("episode", "transition")
         self.obs_shape = tuple(obs_shape)
         self.action_shape = tuple(action_shape)
@@ -72,6 +72,7 @@ class ReplayReference:
         self.n_step = n_step
         self.gamma = float(gamma)
         self.storage = storage
+        self.stack_pad = stack_pad
         self.streams = [Stream() for _ in range(num_envs)]
         self.floors = [0] * num_envs  # per stream: positions before it are lost
 
@@ -158,6 +159,10 @@ class ReplayReference:
             return ep.start + j
         return ep.steps[j]
 
+    def _padded(self, frame: np.ndarray, i: int) -> np.ndarray:
+        """o_i of an episode, i < 0 being before its start: its first frame, or zeros."""
+        return np.zeros_like(frame) if i < 0 and self.stack_pad == "zeros" else frame
+
     def _stack(self, frames: list[np.ndarray]) -> np.ndarray:
         """Frames concatenated along axis 0 (scalar frames: a vector of k values)."""
         if self.obs_shape == ():
@@ -188,16 +193,17 @@ class ReplayReference:
             if t + n > T:
                 return None
             m = n
-        obs = self._stack([s.positions[self._obs_position(ep, max(0, i))].frame
+        obs = self._stack([self._padded(s.positions[self._obs_position(ep, max(0, i))].frame, i)
                            for i in range(t - k + 1, t + 1)])
         next_frames = []
         for i in range(t + m - k + 1, t + m + 1):
             if self.storage == "episode":
-                next_frames.append(s.positions[self._obs_position(ep, max(0, i))].frame)
+                f = s.positions[self._obs_position(ep, max(0, i))].frame
             elif i == t + m:
-                next_frames.append(s.positions[ep.steps[t + m - 1]].next_frame)
+                f = s.positions[ep.steps[t + m - 1]].next_frame
             else:
-                next_frames.append(s.positions[ep.steps[max(0, i)]].frame)
+                f = s.positions[ep.steps[max(0, i)]].frame
+            next_frames.append(self._padded(f, i))
         next_obs = self._stack(next_frames)
         reward = 0.0
         for j in range(m):

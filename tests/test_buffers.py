@@ -85,6 +85,33 @@ def test_matches_reference(scenario):
             check_against_reference(buf, ref)
 
 
+@settings(max_examples=300, **SETTINGS)
+@given(scenarios())
+def test_zero_padded_stacks_match_the_reference(scenario):
+    """stack_pad="zeros" (SB3's VecFrameStack): zero frames before an episode's start."""
+    cfg, events, variant, checkpoints, data_seed = scenario
+    buf, ref = make_pair(**cfg, stack_pad="zeros")
+    d = Driver(buf, ref, rng=np.random.default_rng(data_seed), **variant)
+    for i, ev in enumerate(events):
+        d.add(ev)
+        if i in checkpoints:
+            check_against_reference(buf, ref)
+
+
+def test_stack_pad_is_checked_and_kept_in_files(tmp_path):
+    with pytest.raises(ValueError, match="stack_pad"):
+        vec_buffer(stack_pad="last")
+    with pytest.raises(ValueError, match="stack_pad"):
+        vec_buffer(stack_pad="zeros", memory="device")
+    buf = vec_buffer(frame_stack=3, stack_pad="zeros")
+    add1(buf, 1, 0, 1.0, 2)
+    buf.save(tmp_path / "z.npz")
+    loaded = ReplayBuffer.load(tmp_path / "z.npz")
+    assert loaded.stack_pad == "zeros"
+    assert loaded.sample(1).obs.tolist() == [[0.0, 0.0, 1.0]]
+    assert "stack_pad" not in vec_buffer().config()  # default files stay as they were
+
+
 @settings(max_examples=40, **SETTINGS)
 @given(scenarios(), st.data())
 def test_sample_batch_larger_than_sampleable_raises(scenario, data):

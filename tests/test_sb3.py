@@ -145,3 +145,37 @@ def test_sb3_sac_learns_pendulum_with_the_adapter():
     model.learn(6_000)
     mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=5, deterministic=True)
     assert mean >= -400, mean
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_vec_frame_stack_observations_are_stored_once_and_rebuilt_exactly(n_envs):
+    """fastsac/PointMass-v0 (3x32x32 frames) through VecFrameStack(4): the adapter stores one
+    frame per step and samples the stacks SB3's buffer stored whole, zero frames included."""
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    venv = VecFrameStack(make_vec_env("fastsac/PointMass-v0", n_envs=n_envs, seed=0), 4,
+                         channels_order="first")
+    space = venv.observation_space
+    ours = ReplayBuffer(400, space, ACT, "cpu", n_envs=n_envs, frame_stack=4, seed=0)
+    theirs = SB3Buffer(400, space, ACT, "cpu", n_envs=n_envs)
+    rng = np.random.default_rng(0)
+    obs = venv.reset()
+    for step in range(120):
+        next_obs, reward, done, infos = venv.step(rng.uniform(-1, 1, (n_envs, 2)))
+        stored_next = next_obs.copy()
+        for e in np.flatnonzero(done):
+            stored_next[e] = infos[e]["terminal_observation"]
+        ids = np.zeros((n_envs, 2), np.float32)
+        ids[:, 0] = step * n_envs + np.arange(n_envs) + 1
+        for b in (ours, theirs):
+            b.add(obs, stored_next, ids, reward, done, infos)
+        obs = next_obs
+    venv.close()
+    assert ours.buffer.obs_shape == (3, 32, 32) and ours.buffer.stacked_obs_shape == space.shape
+    assert compare(ours, theirs, gamma=0.99) >= 0.9 * ours.buffer.num_sampleable
+    # the stacks at an episode's start hold zero frames, as VecFrameStack's do
+    first = ours.sample(ours.buffer.num_sampleable)
+    assert (first.observations.reshape(len(first.observations), 4, -1).amax(-1) == 0).any()
+    with pytest.raises(ValueError, match="frame_stack"):
+        ReplayBuffer(100, space, ACT, "cpu", frame_stack=5)

@@ -101,7 +101,8 @@ void register_replay(py::module_& m) {
   py::class_<ReplayCore>(m, "ReplayCore")
       .def(py::init([](int64_t num_envs, int64_t ring, int64_t frame_bytes, int64_t action_dim,
                        int64_t frame_stack, int64_t n_step, double gamma, bool transition,
-                       uint64_t seed, int64_t obs_float_bytes, const std::string& path) {
+                       uint64_t seed, int64_t obs_float_bytes, const std::string& path,
+                       bool pad_zeros) {
              ReplayConfig c;
              c.num_envs = num_envs;
              c.ring = ring;
@@ -113,12 +114,14 @@ void register_replay(py::module_& m) {
              c.storage = transition ? fastsac::Storage::Transition : fastsac::Storage::Episode;
              c.seed = seed;
              c.obs_float_bytes = obs_float_bytes;
+             c.pad_zeros = pad_zeros;
              py::gil_scoped_release nogil;  // creating a large file takes a while
              return new ReplayCore(c, path);
            }),
            py::arg("num_envs"), py::arg("ring"), py::arg("frame_bytes"), py::arg("action_dim"),
            py::arg("frame_stack"), py::arg("n_step"), py::arg("gamma"), py::arg("transition"),
-           py::arg("seed"), py::arg("obs_float_bytes") = 0, py::arg("path") = "")
+           py::arg("seed"), py::arg("obs_float_bytes") = 0, py::arg("path") = "",
+           py::arg("pad_zeros") = false)
       .def(
           "add_steps",
           [](ReplayCore& self, const py::array& streams, int64_t steps, const py::array& obs,

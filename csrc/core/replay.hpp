@@ -44,6 +44,7 @@ struct ReplayConfig {
   int64_t frame_stack = 1;
   int64_t n_step = 1;
   int64_t obs_float_bytes = 0;  // 2, 4 or 8 when observations are IEEE floats: NaN/inf rejected
+  bool pad_zeros = false;  // stacks reaching before an episode's start: zero frames, not its first
   double gamma = 0.99;
   Storage storage = Storage::Episode;
   uint64_t seed = 0;

@@ -125,14 +125,26 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
   copy_bytes(reinterpret_cast<uint8_t*>(out.action + row * adim), rec(pos) + sizeof(SlotHeader),
              kFloatBytes * adim);
 
-  // Stacks repeat the episode's first frame where the episode is shorter than the stack.
+  // Stacks repeat the episode's first frame where the episode is shorter than the stack (or,
+  // with pad_zeros, hold zero frames there, as SB3's VecFrameStack does).
+  const bool zeros = cfg_.pad_zeros;
   uint8_t* const o = out.obs + row * k * fb;
-  for (int64_t j = 0; j < k; ++j)
-    copy_bytes(o + j * fb, rec(std::max(h.ep_first, pos - (k - 1) + j)) + fo, fb);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t f = pos - (k - 1) + j;
+    if (zeros && f < h.ep_first)
+      std::memset(o + j * fb, 0, static_cast<size_t>(fb));
+    else
+      copy_bytes(o + j * fb, rec(std::max(h.ep_first, f)) + fo, fb);
+  }
   const int64_t next = pos + m;
   uint8_t* const no = out.next_obs + row * k * fb;
   for (int64_t j = 0; j < k; ++j) {
-    const int64_t f = std::max(h.ep_first, next - (k - 1) + j);
+    const int64_t raw = next - (k - 1) + j;
+    if (zeros && raw < h.ep_first) {
+      std::memset(no + j * fb, 0, static_cast<size_t>(fb));
+      continue;
+    }
+    const int64_t f = std::max(h.ep_first, raw);
     const uint8_t* src = (transition && f == next) ? rec(next - 1) + fo + fb : rec(f) + fo;
     copy_bytes(no + j * fb, src, fb);
   }
