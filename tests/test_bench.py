@@ -119,3 +119,17 @@ def test_bench_storage_quick(tmp_path, monkeypatch):
     for r in rows:
         assert r["fastsac"] > 0 and r["seed"] > 0 and math.isfinite(r["ratio"]), r
     assert list(tmp_path.iterdir()) == [out]  # its files are gone
+
+
+def test_bench_sb3_quick(tmp_path):
+    pytest.importorskip("stable_baselines3", reason="the sb3 extra is not installed")
+    out = tmp_path / "sb3.json"
+    assert cli.main(["bench", "sb3", "--quick", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"].split(",")[0] for r in rows] == \
+        ["memory per stored step", "sample(256)"] * 2
+    for r in rows:
+        assert r["fastsac"] > 0 and r["seed"] > 0 and math.isfinite(r["ratio"]), r
+    pixels = rows[0]
+    assert pixels["seed"] >= 2 * 12 * 84 * 84  # SB3 keeps obs and next_obs stacks
+    assert 3 * 84 * 84 <= pixels["fastsac"] < 2 * 3 * 84 * 84  # one frame, and a header

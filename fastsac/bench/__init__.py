@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fastsac.bench import buffer, gpu, storage, train, update, workers
+from fastsac.bench import buffer, gpu, sb3, storage, train, update, workers
 from fastsac.bench._util import machine, start_clock
 
 BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
@@ -18,6 +18,8 @@ BENCHES: dict[str, tuple[str, Callable[[bool], list[dict]]]] = {
     "update": ("SAC learner: updates per second and act() latency", update.run),
     "train": ("end-to-end training on HalfCheetah-v5, vector and pixels (needs the mujoco "
               "extra)", train.run),
+    "sb3": ("fastsac's buffer in stable-baselines3 next to SB3's own: memory per step and "
+            "sample(256), pixels in 4-frame stacks and vectors (needs the sb3 extra)", sb3.run),
     "storage": ("replay slots in a memory-mapped file next to memory: fill, sampling in the "
                 "page cache and from the disk, checkpoints, a file larger than RAM (needs "
                 "1.5x RAM of free disk for that case)", storage.run),
