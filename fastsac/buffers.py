@@ -382,6 +382,17 @@ class ReplayBuffer:
             config["stack_pad"] = self.stack_pad
         return config
 
+    def __getstate__(self) -> dict:
+        """Pickling (SB3's ``save_replay_buffer`` pickles its buffer): the constructor's
+        arguments and the ``state_dict``."""
+        kwargs = dict(self.config(), device=str(self.device), pin_memory=self.pin_memory,
+                      memory=self.memory, prefetch=self._prefetcher is not None)
+        return {"kwargs": kwargs, "state": self.state_dict()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["kwargs"])
+        self.load_state_dict(state["state"])
+
     def flush(self) -> None:
         """With ``path``: write every slot to the disk and wait (``save`` does it first)."""
         self._settle()

@@ -31,14 +31,16 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer
+from stable_baselines3.common.buffers import ReplayBuffer as _SB3ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from fastsac.buffers import ReplayBuffer as _ReplayBuffer
 
 
-class ReplayBuffer(BaseBuffer):
-    """SB3's ``ReplayBuffer`` interface over :class:`fastsac.ReplayBuffer`.
+class ReplayBuffer(_SB3ReplayBuffer):
+    """SB3's ``ReplayBuffer`` interface over :class:`fastsac.ReplayBuffer` (a subclass of SB3's,
+    since SB3 checks that, without its arrays).
 
     SB3 passes its constructor arguments; the rest come through ``replay_buffer_kwargs``:
     ``n_step`` and ``gamma`` (n-step returns; ``NStepReplayBuffer`` takes SB3's ``n_steps``),
@@ -54,7 +56,9 @@ class ReplayBuffer(BaseBuffer):
                  handle_timeout_termination: bool = True, *, n_step: int = 1,
                  gamma: float = 0.99, frame_stack: int = 1, seed: int | None = None,
                  path: str | None = None):
-        super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs)
+        # SB3's ReplayBuffer.__init__ would allocate its arrays: only the base's runs.
+        BaseBuffer.__init__(self, buffer_size, observation_space, action_space, device,
+                            n_envs=n_envs)
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"observation_space must be a Box (fastsac stores arrays), got "
                             f"{observation_space}")
@@ -109,7 +113,15 @@ class ReplayBuffer(BaseBuffer):
         self.buffer = _ReplayBuffer(**self._kwargs)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
-        batch = self.buffer.sample(batch_size)
+        available = self.buffer.num_sampleable
+        if 0 < available < batch_size:
+            # SB3 samples with replacement from however few steps it holds (its SAC learns
+            # from step 100 with batches of 256): draw in parts, each within what there is.
+            parts = [self.buffer.sample(min(available, batch_size - i)).clone()
+                     for i in range(0, batch_size, available)]
+            batch = type(parts[0])(*(torch.cat(f) for f in zip(*parts)))
+        else:
+            batch = self.buffer.sample(batch_size)
         obs, next_obs, reward = batch.obs, batch.next_obs, batch.reward
         if env is not None:  # SB3's hooks work on numpy arrays
             obs = self.to_torch(self._normalize_obs(obs.cpu().numpy(), env))

@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from buffer_helpers import (
     CFG,
     assert_unchanged,
@@ -407,3 +408,16 @@ def test_load_rejects_crafted_sizes_and_versions_with_value_error(saved, tmp_pat
     for path in (huge, bad_version):
         with pytest.raises(ValueError, match="not a readable fastsac replay buffer"):
             ReplayBuffer.load(path)
+
+
+@pytest.mark.parametrize("storage", ["episode", "transition"])
+def test_a_pickled_buffer_samples_what_the_original_does(storage):
+    import pickle
+
+    buf, ref, d = filled(storage)
+    copy = pickle.loads(pickle.dumps(buf))
+    assert copy.config() == buf.config() and len(copy) == len(buf)
+    for _ in range(3):
+        a, b = buf.sample(8), copy.sample(8)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    check_against_reference(copy, ref, draws=10)

@@ -179,3 +179,29 @@ def test_vec_frame_stack_observations_are_stored_once_and_rebuilt_exactly(n_envs
     assert (first.observations.reshape(len(first.observations), 4, -1).amax(-1) == 0).any()
     with pytest.raises(ValueError, match="frame_stack"):
         ReplayBuffer(100, space, ACT, "cpu", frame_stack=5)
+
+
+def test_sb3_saves_and_loads_the_adapter_with_its_replay_buffer(tmp_path):
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", "Pendulum-v1", learning_starts=50, seed=0, device="cpu",
+                replay_buffer_class=ReplayBuffer, replay_buffer_kwargs=dict(seed=0))
+    model.learn(120)
+    model.save_replay_buffer(tmp_path / "rb.pkl")
+    before = model.replay_buffer
+    model.load_replay_buffer(tmp_path / "rb.pkl")
+    after = model.replay_buffer
+    assert after is not before and isinstance(after, ReplayBuffer)
+    assert (after.size(), after.pos, after.full) == (before.size(), before.pos, before.full)
+    assert len(after.buffer) == len(before.buffer) == 120
+    a, b = before.sample(16), after.sample(16)  # same RNG state: the same batch
+    torch.testing.assert_close(a.observations, b.observations)
+    model.learn(20, reset_num_timesteps=False)  # and training goes on with it
+
+
+def test_a_batch_larger_than_what_is_held_is_drawn_with_replacement_as_in_sb3():
+    ours = ReplayBuffer(100, OBS, ACT, "cpu", seed=0)
+    feed([ours], 1, 10)
+    s = ours.sample(256)  # SB3's SAC samples 256 from step 100 on; here 10 steps are held
+    assert s.observations.shape == (256, 3)
+    assert set(s.actions[:, 0].tolist()) == set(range(1, 11))
