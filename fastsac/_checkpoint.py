@@ -97,21 +97,47 @@ class Checkpoints:
             return loaded
         raise ValueError(f"no readable checkpoint in {self.dir}: " + "; ".join(bad))
 
-    def _load(self, manifest: Path, device, memory, prefetch, check_agent) -> tuple:
-        files = _read_json(manifest, ("step", "agent", "trainer"))
-        step = files["step"]
-        agent_path = self.dir / files["agent"]
-        _check_file(agent_path)
+    def load_agent(self, step: int | None = None) -> tuple[dict, int]:
+        """(the agent state, its step) of checkpoint ``step``, or of the newest checkpoint
+        whose agent file can be read (a warning names each passed over)."""
+        steps = sorted(self._manifests(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise ValueError(f"{self.dir} holds no checkpoint of step {step}; it holds "
+                                 f"{sorted(steps) or 'none'}")
+            steps = [step]
+        if not steps:
+            raise ValueError(f"{self.dir} holds no checkpoint")
+        bad: list[str] = []
+        for s in steps:
+            try:
+                files = _read_json(self.dir / f"checkpoint-{s}.json", ("step", "agent"))
+                return self._agent(self.dir / files["agent"], None)["agent"], s
+            except _Unreadable as exc:
+                bad.append(str(exc))
+                if step is None and s != steps[-1]:
+                    warnings.warn(f"{exc}: trying the checkpoint before it", stacklevel=2)
+        raise ValueError("; ".join(bad))
+
+    def _agent(self, path: Path, check_agent) -> dict:
+        """The saved {"agent", "rng"} of an agent file; _Unreadable naming it if it is not."""
+        _check_file(path)
         try:
-            saved = torch.load(agent_path, map_location="cpu", weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
             check_state(saved.get("agent") if isinstance(saved, dict) else None)
             if "rng" not in saved:
                 raise ValueError("no RNG states")
             if check_agent is not None:
                 check_agent(saved["agent"])
         except Exception as exc:  # noqa: BLE001 - whatever a damaged or foreign file raises
-            raise _Unreadable(f"{agent_path} is not a readable fastsac agent checkpoint "
+            raise _Unreadable(f"{path} is not a readable fastsac agent checkpoint "
                               f"({_reason(exc)})") from None
+        return saved
+
+    def _load(self, manifest: Path, device, memory, prefetch, check_agent) -> tuple:
+        files = _read_json(manifest, ("step", "agent", "trainer"))
+        step = files["step"]
+        saved = self._agent(self.dir / files["agent"], check_agent)
         state = _read_json(self.dir / files["trainer"], TRAINER_KEYS)
         buffer = None
         if "buffer" in files:

@@ -60,7 +60,14 @@ def plot_run(metrics_csv: Path, png: Path, title: str = "") -> None:
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, marker="o" if key == "eval/return" else None,
-                    markersize=3, linewidth=1)
+                    markersize=3, linewidth=1, label="evaluation" if key == "eval/return"
+                    else None)
+        train = series.get("train/episode_return", []) if key == "eval/return" else []
+        if train:  # the training episodes' return beside the evaluation's
+            steps, values = zip(*train)
+            ax.plot(steps, values, linewidth=1, alpha=0.6, label="training episodes")
+        if points and train:
+            ax.legend(fontsize="small")
         ax.set_title(label)
         ax.set_xlabel("env step")
         ax.grid(alpha=0.3)

@@ -1,4 +1,4 @@
-"""The ``fastsac`` command: ``fastsac train`` and ``fastsac bench``."""
+"""The ``fastsac`` command: ``fastsac train``, ``bench``, ``evaluate`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -56,7 +56,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     add_train_parser(sub)
+    add_evaluate_parser(sub)
+    add_plot_parser(sub)
     return parser
+
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate a run's saved agent",
+        description="Load a run's agent from a checkpoint and run the run's evaluation "
+                    "protocol (deterministic actions, episode i reset with seed + 100 + i): "
+                    "prints the mean, std, min and max return and the episode lengths.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory fastsac train wrote")
+    p.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="the checkpoint's step (default: the newest readable one)")
+    p.add_argument("--episodes", type=int, metavar="N",
+                   help="episodes (default: the run's eval_episodes, or 10)")
+    p.add_argument("--seed", type=int, help="episode i resets with SEED + 100 + i (default: "
+                                            "the run's seed, as its evaluations)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the agent runs (a GPU-trained agent loads on the CPU too)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fastsac.evaluation import evaluate_run, write_json
+
+    if args.episodes is not None and args.episodes < 1:
+        print("fastsac evaluate: error: --episodes must be >= 1", file=sys.stderr)
+        return 2
+    warnings.formatwarning = _one_line_warning
+    try:
+        result, step = evaluate_run(args.run_dir, step=args.checkpoint, episodes=args.episodes,
+                                    seed=args.seed, device=args.device)
+    except (ValueError, TypeError) as exc:
+        print(f"fastsac evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {"run_dir": str(args.run_dir), "checkpoint": step, **result.summary()}
+    print(f"{args.run_dir} at step {step}: return {summary['mean']:.2f} ± {summary['std']:.2f} "
+          f"(min {summary['min']:.2f}, max {summary['max']:.2f}) over {summary['episodes']} "
+          f"episodes of {summary['mean_length']:.0f} steps on average")
+    if args.json:
+        write_json(args.json, summary)
+    return 0
+
+
+def add_plot_parser(sub) -> None:
+    p = sub.add_parser(
+        "plot", help="compare runs on one plot",
+        description="Plot a metric of several runs against env steps. Runs with the same "
+                    "config but for the seed are one line (their mean) with a band (min to "
+                    "max). A CSV of (step, value) rows is drawn as a line of its own.")
+    p.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CSV")
+    p.add_argument("--key", default="eval/return",
+                   help="the metrics.csv key to plot (default: eval/return)")
+    p.add_argument("--smooth", type=int, default=1, metavar="W",
+                   help="average each point with the W - 1 before it (default: 1, none)")
+    p.add_argument("-o", "--output", default="runs.png", metavar="PATH",
+                   help="the PNG to write (default: runs.png)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fastsac.plot import plot
+
+    if args.smooth < 1:
+        print("fastsac plot: error: --smooth must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        plot(args.paths, args.output, args.key, args.smooth)
+    except ValueError as exc:
+        print(f"fastsac plot: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
 
 
 def add_train_parser(sub) -> None:

@@ -25,7 +25,8 @@ from fastsac._checkpoint import Checkpoints
 from fastsac._runlog import MetricsLog, plot_run
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import TrainConfig, read_run_config, resumed_config
-from fastsac.envs import FrameStack, make_env
+from fastsac.envs import make_env
+from fastsac.evaluation import run_episodes
 from fastsac.runner import EnvRunner, make_vector_env
 from fastsac.sac import SAC
 
@@ -305,29 +306,13 @@ class Trainer:
 
     def evaluate(self) -> float:
         """Mean return of the deterministic policy over ``eval_episodes`` episodes on a
-        separate env, episode i reset with seed + 100 + i."""
+        separate env, episode i reset with seed + 100 + i (``fastsac.evaluation``)."""
         c = self.config
         if self._eval_env is None:  # kept: a pixel env's renderer (EGL context) is costly
             self._eval_env = make_env(c.env, c.pixels, c.image_size, c.full_render)
-        env = self._eval_env
-        stack = FrameStack(1, self.frame_shape, c.frame_stack, self.obs_dtype) \
-            if c.frame_stack > 1 else None
-        returns = []
-        for i in range(c.eval_episodes):
-            frame, _ = env.reset(seed=c.seed + 100 + i)
-            if stack:
-                stack.reset(0, frame)
-            total, done = 0.0, False
-            while not done:
-                obs = stack.obs[0] if stack else np.asarray(frame, self.obs_dtype)
-                a = self.agent.act(obs, deterministic=True)
-                frame, r, terminated, truncated, _ = env.step(self._to_env(a))
-                if stack:
-                    stack.push(frame[None])
-                total += float(r)
-                done = terminated or truncated
-            returns.append(total)
-        return float(np.mean(returns))
+        result = run_episodes(self.agent, self._eval_env, c.eval_episodes, c.seed,
+                              c.frame_stack, self._to_env)
+        return float(np.mean(result.returns))
 
     def close(self) -> None:
         """Close the training envs and the evaluation env (``run`` does this at its end)."""
