@@ -139,6 +139,9 @@ class Checkpoints:
         step = files["step"]
         saved = self._agent(self.dir / files["agent"], check_agent)
         state = _read_json(self.dir / files["trainer"], TRAINER_KEYS)
+        if state["step"] != step:  # before the buffer: a loaded buffer may hold its file
+            raise _Unreadable(f"{self.dir / files['trainer']} is of step {state['step']}, "
+                              f"its checkpoint of step {step}")
         buffer = None
         if "buffer" in files:
             _check_file(self.dir / files["buffer"])
@@ -147,9 +150,6 @@ class Checkpoints:
                                            memory=memory, prefetch=prefetch)
             except (ValueError, OSError) as exc:  # its message names the file
                 raise _Unreadable(" ".join(str(exc).split())) from None
-        if state["step"] != step:
-            raise _Unreadable(f"{self.dir / files['trainer']} is of step {state['step']}, "
-                              f"its checkpoint of step {step}")
         return saved["agent"], state, saved["rng"], buffer
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fastsac._io import atomic_write
+from fastsac._mapped import SLOTS as _SLOTS
 from fastsac._mapped import slots_exist as _slots_exist
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ def _counters(core: ReplayCore) -> dict:
                 "rng": np.asarray(core.rng_state(), dtype=np.uint64)}
     if core.file_backed:
         counters["floors"] = np.asarray(core.floors(), dtype=np.int64)
+        counters["generation"] = np.asarray(core.generation, dtype=np.uint64)
     return counters
 
 
@@ -166,12 +169,19 @@ def restore(core: ReplayCore, config: dict, state: Mapping) -> ReplayCore:
                          "the same path only, and such a buffer loads only such a state")
     core.set_stream_state([int(w) for w in np.asarray(state["streams"], dtype=np.int64)])
     if core.file_backed:
-        if "floors" not in state:
-            raise ValueError("state is missing ['floors']")
+        missing = [k for k in ("floors", "generation") if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing}")
         core.set_floors([int(w) for w in np.asarray(state["floors"], dtype=np.int64)])
         core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
-        core.drop_overwritten()  # slots written after this state was saved are lost
+        # Slots written after this state was saved (or by another buffer since) are lost.
+        lost = core.drop_overwritten(int(np.asarray(state["generation"], dtype=np.uint64)))
         core.check_integrity()
+        if lost:
+            warnings.warn(f"{lost} slots of the replay file "
+                          f"{os.path.join(config['path'], _SLOTS)} were "
+                          "overwritten after this state was saved: their steps are dropped",
+                          stacklevel=3)
         return core
     target = core.slots()
     spans = [(0, target.nbytes)] if int(state["version"]) == WHOLE_BLOCK \
@@ -197,7 +207,8 @@ def load(path: str | os.PathLike, build: Callable[[dict], ReplayCore]) -> Replay
             if missing:
                 raise ValueError(f"missing {missing}")
             state = {k: np.lib.format.read_array(z.open(f"{k}.npy"), allow_pickle=False)
-                     for k in (*KEYS, "floors") if k != "storage" and f"{k}.npy" in names}
+                     for k in (*KEYS, "floors", "generation")
+                     if k != "storage" and f"{k}.npy" in names}
             state["format"] = str(state["format"])
             _check_header(state)  # before building a buffer of a foreign file's config
             state["config"] = json.loads(str(state["config"]))

@@ -37,6 +37,15 @@ STORAGES = ("episode", "transition")
 STACK_PADS = ("first", "zeros")
 
 
+class _Closed:
+    """The core of a closed buffer: any use says so."""
+
+    def __getattr__(self, name: str):
+        raise ValueError("the replay buffer is closed")
+
+
+
+
 class ReplayBuffer:
     """Replay memory for off-policy RL that stores each observation once.
 
@@ -384,13 +393,20 @@ class ReplayBuffer:
 
     def __getstate__(self) -> dict:
         """Pickling (SB3's ``save_replay_buffer`` pickles its buffer): the constructor's
-        arguments and the ``state_dict``."""
+        arguments and the ``state_dict``. A buffer with ``path`` is not pickled: a copy would
+        map the file its original holds."""
+        if self.path is not None:
+            raise TypeError("a ReplayBuffer with path= is not pickled (its slots are in the "
+                            "file): save() its bookkeeping and ReplayBuffer.load() it")
         kwargs = dict(self.config(), device=str(self.device), pin_memory=self.pin_memory,
                       memory=self.memory, prefetch=self._prefetcher is not None)
         return {"kwargs": kwargs, "state": self.state_dict()}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(**state["kwargs"])
+        kwargs = dict(state["kwargs"])
+        if torch.device(kwargs["device"]).type == "cuda" and not torch.cuda.is_available():
+            kwargs.update(device="cpu", pin_memory=False)  # pickled on a GPU machine
+        self.__init__(**kwargs)
         self.load_state_dict(state["state"])
 
     def flush(self) -> None:
@@ -403,9 +419,9 @@ class ReplayBuffer:
         buffer cannot be used after."""
         self._settle()
         with self._lock:
-            core, self._core = self._core, None
+            core, self._core = self._core, _Closed()
             self._staging.clear()
-        if core is not None:
+        if not isinstance(core, _Closed):
             core.close()
 
     def state_dict(self) -> dict:
@@ -418,6 +434,8 @@ class ReplayBuffer:
         """Restore a ``state_dict`` of a buffer with the same config."""
         if self.path is not None:  # the slots are in the file: set the bookkeeping in place
             self._settle()
+            if self._prefetcher is not None:
+                self._prefetcher.reset()
             core = self._core
             before = core.stream_state(), core.floors(), core.rng_state()
             try:

@@ -193,6 +193,8 @@ class TrainConfig:
         check_choice("device", self.device, DEVICES)
         check_choice("buffer_memory", self.buffer_memory, MEMORIES)
         check_choice("vector_env", self.vector_env, VECTOR_ENVS)
+        if self.buffer_path:  # a resume from another directory must find the same file
+            object.__setattr__(self, "buffer_path", os.path.abspath(self.buffer_path))
         if self.buffer_path and self.buffer_memory != "host":
             raise ValueError("buffer_path keeps the frames in a file: it needs "
                              "buffer_memory='host'")

@@ -43,7 +43,8 @@ class ReplayBuffer(_SB3ReplayBuffer):
     since SB3 checks that, without its arrays).
 
     SB3 passes its constructor arguments; the rest come through ``replay_buffer_kwargs``:
-    ``n_step`` and ``gamma`` (n-step returns; ``NStepReplayBuffer`` takes SB3's ``n_steps``),
+    ``n_step`` and ``gamma`` (n-step returns: give the model's gamma; ``NStepReplayBuffer``
+    takes SB3's ``n_steps``),
     ``frame_stack`` (observations from ``VecFrameStack(env, frame_stack)``, stacked along
     their first axis, as SB3 has them channels-first: only the newest frame of each is stored,
     and sampled stacks are exactly VecFrameStack's, zero frames included), ``seed`` (of the
@@ -62,6 +63,9 @@ class ReplayBuffer(_SB3ReplayBuffer):
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"observation_space must be a Box (fastsac stores arrays), got "
                             f"{observation_space}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1] (SB3's dones are read from the "
+                             f"discount), got {gamma}")
         if optimize_memory_usage:
             raise ValueError("optimize_memory_usage: fastsac's buffer stores each observation "
                              "once already; leave it False")
@@ -116,12 +120,16 @@ class ReplayBuffer(_SB3ReplayBuffer):
         available = self.buffer.num_sampleable
         if 0 < available < batch_size:
             # SB3 samples with replacement from however few steps it holds (its SAC learns
-            # from step 100 with batches of 256): draw in parts, each within what there is.
-            parts = [self.buffer.sample(min(available, batch_size - i)).clone()
-                     for i in range(0, batch_size, available)]
-            batch = type(parts[0])(*(torch.cat(f) for f in zip(*parts)))
+            # from step 100 with batches of 256): draw in parts of a power of two within
+            # what there is, so that only a few part sizes (each with its staging) occur.
+            part = 1 << (available.bit_length() - 1)
+            parts = [self.buffer.sample(part).clone() for _ in range(-(-batch_size // part))]
+            batch = type(parts[0])(*(torch.cat(f)[:batch_size] for f in zip(*parts)))
         else:
             batch = self.buffer.sample(batch_size)
+            if batch.obs.device.type == "cpu":
+                batch = batch.clone()  # a CPU batch is a view the next sample overwrites
+        batch = type(batch)(*(t.to(self.device) for t in batch))  # a no-op on its device
         obs, next_obs, reward = batch.obs, batch.next_obs, batch.reward
         if env is not None:  # SB3's hooks work on numpy arrays
             obs = self.to_torch(self._normalize_obs(obs.cpu().numpy(), env))
@@ -131,8 +139,7 @@ class ReplayBuffer(_SB3ReplayBuffer):
             else batch.action.to(torch.from_numpy(np.zeros(0, self._action_dtype)).dtype)
         discount = batch.discount.reshape(-1, 1)
         # A terminated window has discount 0; SB3 reads that as done.
-        dones = (discount == 0).to(torch.float32) if self.buffer.gamma > 0 \
-            else torch.zeros_like(discount)
+        dones = (discount == 0).to(torch.float32)
         n_step = self.buffer.n_step > 1
         return ReplayBufferSamples(
             observations=obs, actions=action, next_observations=next_obs, dones=dones,

@@ -346,8 +346,8 @@ class Trainer:
     def restore(self) -> None:
         """Continue from the latest checkpoint: everything but the episodes in flight, which
         restart (their steps so far stay in the buffer, ended as truncated)."""
-        if self.buffer.path is not None:  # its file is locked: the loaded buffer maps it
-            self.buffer.close()
+        if self.buffer.path is not None and self.config.save_buffer:
+            self.buffer.close()  # its file is locked: the loaded buffer maps it
         agent_state, state, rng, buffer = self.checkpoints.load(
             self.device, memory=self.config.buffer_memory, prefetch=self.prefetch,
             check_agent=self._check_agent)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,19 @@ def test_a_resume_drops_the_slots_written_after_its_checkpoint(tmp_path, storage
     feed(d, after, rng)  # then the run dies without another checkpoint
     buf.close()
 
-    resumed = ReplayBuffer.load(tmp_path / "ckpt.npz")
-    # Each stream lost the oldest positions that later writes took over, and only those.
+    # Each stream loses the oldest positions that later writes took over, and only those.
+    lost = 0
     for e, s in enumerate(at_checkpoint.streams):
         written = len(ref.streams[e].positions)
-        at_checkpoint.floors[e] = min(len(s.positions),
-                                      max(at_checkpoint.oldest(e), written - ref.ring))
+        oldest = at_checkpoint.oldest(e)
+        at_checkpoint.floors[e] = min(len(s.positions), max(oldest, written - ref.ring))
+        lost += at_checkpoint.floors[e] - oldest
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = ReplayBuffer.load(tmp_path / "ckpt.npz")
+    said = [str(w.message) for w in caught if "overwritten" in str(w.message)]
+    assert said == ([f"{lost} slots of the replay file {buf.path}/slots were overwritten "
+                     "after this state was saved: their steps are dropped"] if lost else [])
     check_against_reference(resumed, at_checkpoint, draws=20)
     # and it goes on as a buffer that never saw the lost steps
     d2 = Driver(resumed, at_checkpoint, rng=np.random.default_rng(5))
@@ -91,7 +99,8 @@ def test_a_killed_process_resumes_without_the_overwritten_steps(tmp_path):
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stdout.close()
-    buf = ReplayBuffer.load(tmp_path / "ckpt.npz")
+    with pytest.warns(UserWarning, match="11 slots .* overwritten"):
+        buf = ReplayBuffer.load(tmp_path / "ckpt.npz")
     # The checkpoint held steps 0..79 at positions 0..79 of one ring of 100, and o_80 at 80.
     # The 30 later steps wrote positions 81..110, the last 11 into the slots of positions
     # 0..10: the steps 0..10 are lost, 11..79 remain.
@@ -178,3 +187,31 @@ def test_file_backed_and_in_memory_states_do_not_mix(tmp_path):
     with pytest.raises(ValueError):
         mem.load_state_dict(filed.state_dict())
     assert Path(filed.path) == tmp_path
+
+
+def test_a_fresh_buffer_on_the_file_makes_older_checkpoints_find_nothing(tmp_path):
+    """Another run on the same directory writes the same positions again: a checkpoint of
+    the first run must not take the second run's steps for its own."""
+    first = ReplayBuffer(64, (2,), (1,), seed=0, path=tmp_path / "s")
+    for i in range(10):
+        first.add([i, i], [i], 1.0, [i + 1, i + 1], False, False)
+    first.save(tmp_path / "first.npz")
+    first.close()
+    second = ReplayBuffer(64, (2,), (1,), seed=0, path=tmp_path / "s")
+    for i in range(10):
+        second.add([100 + i, 0], [100 + i], 1.0, [101 + i, 0], False, False)
+    second.close()
+    with pytest.warns(UserWarning, match="overwritten"):
+        again = ReplayBuffer.load(tmp_path / "first.npz")
+    assert len(again) == 0 and again.num_sampleable == 0
+    again.close()
+    with pytest.raises(ValueError, match="closed"):
+        len(again)
+
+
+def test_a_file_backed_buffer_is_not_pickled(tmp_path):
+    import pickle
+
+    buf = ReplayBuffer(64, (2,), (1,), path=tmp_path)
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(buf)

@@ -339,7 +339,8 @@ def test_a_file_backed_buffer_resumes_without_slots_written_after_the_checkpoint
         train(cfg)
     monkeypatch.setattr(ReplayBuffer, "save", real_save)
     assert (tmp_path / "run" / "checkpoints" / "buffer-300.npz").stat().st_size < 4096
-    trainer = make_trainer(cfg, resume=cfg.run_dir)
+    with pytest.warns(UserWarning, match="overwritten after this state was saved"):
+        trainer = make_trainer(cfg, resume=cfg.run_dir)
     # ~330 slots written by step 300, ~660 by 600: the oldest ~160 were taken over
     assert trainer.step == 300 and 100 < len(trainer.buffer) < 250, len(trainer.buffer)
     result = trainer.run()

@@ -182,10 +182,11 @@ void register_replay(py::module_& m) {
       .def("check_integrity", &ReplayCore::check_integrity)
       .def("floors", &ReplayCore::floors)
       .def("set_floors", &ReplayCore::set_floors)
-      .def("drop_overwritten", &ReplayCore::drop_overwritten,
+      .def("drop_overwritten", &ReplayCore::drop_overwritten, py::arg("generation"),
            py::call_guard<py::gil_scoped_release>(),
-           "File-backed: treat the slots written after the state's checkpoint as lost; "
-           "returns how many positions that drops.")
+           "File-backed: treat the slots written after the state's checkpoint (of the file's "
+           "lineage `generation`) as lost; returns how many positions that drops.")
+      .def_property_readonly("generation", &ReplayCore::generation)
       .def("flush", &ReplayCore::flush, py::call_guard<py::gil_scoped_release>(),
            "File-backed: write every slot to the disk and wait.")
       .def_property_readonly("file_backed", &ReplayCore::file_backed)

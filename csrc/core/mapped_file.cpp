@@ -4,7 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#if defined(__linux__) || defined(__APPLE__)
+#if defined(__linux__)
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -23,6 +23,7 @@ struct FileHeader {
   char magic[8];
   int64_t version;
   FileLayout layout;
+  uint64_t generation;  // see MappedFile::generation(); not part of the layout check
 };
 
 [[noreturn]] void os_error(const std::string& path, const char* what, int err) {
@@ -108,14 +109,24 @@ MappedFile::~MappedFile() {
   if (fd_ >= 0) ::close(fd_);  // releases the lock
 }
 
+uint64_t MappedFile::generation() const {
+  return reinterpret_cast<const FileHeader*>(base_)->generation;
+}
+
+void MappedFile::set_generation(uint64_t generation) {
+  reinterpret_cast<FileHeader*>(base_)->generation = generation;
+}
+
 void MappedFile::flush() const {
   if (::msync(base_, len_, MS_SYNC) != 0) os_error(path_, "cannot write to disk", errno);
 }
 #else
 MappedFile::MappedFile(const std::string& path, const FileLayout&, size_t) : path_(path) {
-  throw std::runtime_error(path + ": file-backed replay needs Linux or macOS");
+  throw std::runtime_error(path + ": file-backed replay needs Linux");
 }
 MappedFile::~MappedFile() = default;
+uint64_t MappedFile::generation() const { return 0; }
+void MappedFile::set_generation(uint64_t) {}
 void MappedFile::flush() const {}
 #endif
 

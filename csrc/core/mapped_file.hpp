@@ -34,6 +34,10 @@ class MappedFile {
   ~MappedFile();
 
   uint8_t* slots() const { return base_ + kHeaderBytes; }
+  // The lineage of the data in the file: a buffer that starts afresh on it writes a new one,
+  // so that a checkpoint of an earlier lineage finds its slots gone, not someone else's.
+  uint64_t generation() const;
+  void set_generation(uint64_t generation);
   int64_t* stamps() const { return reinterpret_cast<int64_t*>(base_ + kHeaderBytes + slots_bytes_); }
   bool created() const { return created_; }
   // Writes every dirty page to the disk and waits (msync).

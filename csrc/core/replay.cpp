@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <random>
 #include <stdexcept>
 #include <string>
 
@@ -74,6 +75,8 @@ ReplayCore::ReplayCore(const ReplayConfig& config, const std::string& path)
     file_ = std::make_unique<MappedFile>(path, layout, slots_bytes_);
     data_ = file_->slots();
     stamps_ = file_->stamps();
+    std::random_device device;
+    generation_ = ((static_cast<uint64_t>(device()) << 32) ^ device()) | 1u;  // never 0
     return;
   }
   // Zeroed lazily: a large buffer costs memory as it fills; a save never holds garbage.
@@ -90,7 +93,10 @@ int64_t ReplayCore::open_slot(int64_t env, int64_t ep_first) {
   h->ep_end = kOpen;
   h->reward = 0.0f;
   h->flags = 0;
-  if (stamps_) stamps_[env * cfg_.ring + pos % cfg_.ring] = pos;
+  if (stamps_) {
+    if (file_->generation() != generation_) file_->set_generation(generation_);
+    stamps_[env * cfg_.ring + pos % cfg_.ring] = pos;
+  }
   ++st.count;
   return pos;
 }
@@ -287,18 +293,21 @@ void ReplayCore::set_floors(const std::vector<int64_t>& floors) {
   floor_ = floors;
 }
 
-int64_t ReplayCore::drop_overwritten() {
+int64_t ReplayCore::drop_overwritten(uint64_t generation) {
   require(stamps_ != nullptr, "drop_overwritten needs a file-backed core");
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   const bool episode = cfg_.storage == Storage::Episode;
+  // Another lineage wrote the file since (a fresh buffer on it): nothing of ours is left.
+  const bool foreign = file_->generation() != generation;
+  generation_ = generation;
   int64_t lost = 0;
   for (int64_t e = 0; e < cfg_.num_envs; ++e) {
     StreamState& st = streams_[e];
     const int64_t lo = oldest(e);
-    int64_t floor = lo;  // one past the newest held position whose slot holds another one
-    for (int64_t pos = lo; pos < st.count; ++pos)
+    int64_t floor = foreign ? st.count : lo;  // one past the newest position overwritten
+    for (int64_t pos = lo; pos < st.count && !foreign; ++pos)
       if (stamps_[e * cfg_.ring + pos % cfg_.ring] != pos) floor = pos + 1;
-    for (int64_t pos = lo; pos < floor; ++pos) {  // not held any more: nothing to count
+    for (int64_t pos = lo; pos < floor && !foreign; ++pos) {  // not held: nothing to count
       header(e, pos)->flags = 0;
       stamps_[e * cfg_.ring + pos % cfg_.ring] = -1;
     }

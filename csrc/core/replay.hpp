@@ -137,7 +137,12 @@ class ReplayCore {
   // (their stamps name later positions), treats them and everything older in their stream as
   // lost (raising the stream's floor), and undoes what later steps changed in the headers of
   // the episode that was running then. Returns the positions lost.
-  int64_t drop_overwritten();
+  // `generation`: the file's lineage when the state was saved (see MappedFile); if the file
+  // has started another one since, every position is lost.
+  int64_t drop_overwritten(uint64_t generation);
+  // The lineage this core writes under: a fresh one until drop_overwritten() adopts the
+  // checkpoint's; the file takes it at the first write.
+  uint64_t generation() const { return generation_; }
   bool file_backed() const { return file_ != nullptr; }
   void flush() const;  // file-backed: every slot on the disk (msync); else nothing
   // Frees the slots (file-backed: unmaps the file and releases its lock). Every method but
@@ -206,6 +211,7 @@ class ReplayCore {
   std::unique_ptr<MappedFile> file_;  // in a file
   uint8_t* data_ = nullptr;           // the slots
   int64_t* stamps_ = nullptr;         // file-backed: per slot, the position written there
+  uint64_t generation_ = 0;           // file-backed: see generation()
   std::vector<StreamState> streams_;
   std::vector<int64_t> floor_;        // per stream, see floors()
   std::vector<Draw> draws_;  // scratch reused by sample()
