@@ -156,7 +156,8 @@ class TrainConfig:
     """Complete checkpoints kept in run_dir/checkpoints, the newest ones: when the newest cannot
     be read, a resume falls back to the one before. Each holds the agent (a few MB) and, with
     save_buffer, a copy of the replay buffer (up to its full size: 2.1 GB for 100,000 steps of
-    84x84 RGB frames, 0.13 GB for 1,000,000 HalfCheetah steps)."""
+    84x84 RGB frames, 0.13 GB for 1,000,000 HalfCheetah steps; with buffer_path only its
+    bookkeeping, a few KB)."""
     buffer_memory: str = "host"
     """Where the replay buffer keeps its frames: "host" (the C++ core's memory; each batch is
     gathered there and copied to the device) or "device" (a tensor on the training device,
