@@ -169,6 +169,9 @@ class TrainConfig:
     where it is. "": in memory."""
     save_buffer: bool = True
     """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard event files to run_dir/tensorboard (the tb
+    extra), keys as in metrics.csv (eval/return, loss/critic, perf/steps_per_s, ...)."""
     run_dir: str = ""
     """Where config.json, metrics.csv, the plot and checkpoints go ("": runs/ENV-TIME)."""
     device: str = "auto"
@@ -261,7 +264,8 @@ def with_preset(name: str, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
-RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address", "keep_checkpoints")
+RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address", "keep_checkpoints",
+                     "tensorboard")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

@@ -83,7 +83,8 @@ class Trainer:
                 self.runner = EnvRunner(envs, c.seed, range(c.num_envs), c.frame_stack,
                                         self.obs_dtype)
             run_dir.mkdir(parents=True, exist_ok=True)  # only once the run could be built
-            self.log = MetricsLog(run_dir / "metrics.csv", fresh)
+            self.log = MetricsLog(run_dir / "metrics.csv", fresh,
+                                  run_dir / "tensorboard" if c.tensorboard else None)
             self.checkpoints = Checkpoints(run_dir / "checkpoints", c.keep_checkpoints)
         except BaseException:
             if self.pool is not None or self.runner is not None:
@@ -325,6 +326,8 @@ class Trainer:
         finally:
             if eval_env is not None:
                 eval_env.close()
+            if getattr(self, "log", None) is not None:
+                self.log.close()
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -365,7 +368,7 @@ class Trainer:
         self.update_debt = float(state["update_debt"])
         self.eval_returns = {int(k): float(v) for k, v in state["eval_returns"].items()}
         self.rng.bit_generator.state = state["rng"]
-        self.log.truncate(int(state["metrics_bytes"]))  # rows written after the checkpoint
+        self.log.truncate(int(state["metrics_bytes"]), self.step)  # rows after the checkpoint
 
 
 def _shapes(modules: dict) -> dict:
