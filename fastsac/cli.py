@@ -77,6 +77,10 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="where the agent runs (a GPU-trained agent loads on the CPU too)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--video", metavar="PATH",
+                   help="also record the first episode as an MP4 at PATH (the video extra)")
+    p.add_argument("--video-size", type=int, default=256, metavar="N",
+                   help="side in pixels of the video's frames (default: 256)")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -99,6 +103,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"episodes of {summary['mean_length']:.0f} steps on average")
     if args.json:
         write_json(args.json, summary)
+    if args.video:
+        from fastsac.config import read_run_config
+        from fastsac.evaluation import load_run_agent
+        from fastsac.video import record_episode
+
+        c = read_run_config(args.run_dir)
+        agent, _ = load_run_agent(args.run_dir, step, args.device)
+        try:
+            frames = record_episode(agent, c.env, args.video,
+                                    seed=c.seed if args.seed is None else args.seed,
+                                    pixels=c.pixels, image_size=c.image_size,
+                                    full_render=c.full_render, frame_stack=c.frame_stack,
+                                    size=args.video_size)
+        except ValueError as exc:
+            print(f"fastsac evaluate: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.video} ({frames} frames)")
     return 0
 
 

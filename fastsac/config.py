@@ -169,6 +169,11 @@ class TrainConfig:
     where it is. "": in memory."""
     save_buffer: bool = True
     """Checkpoints include the replay buffer (a resumed run then continues exactly)."""
+    video_every: int = 0
+    """Env steps between videos of one deterministic evaluation episode, written to
+    run_dir/videos/step-STEP.mp4 at the evaluation due then (0: none; the video extra)."""
+    video_size: int = 256
+    """Side in pixels of the videos' frames."""
     tensorboard: bool = False
     """Also write the metrics as TensorBoard event files to run_dir/tensorboard (the tb
     extra), keys as in metrics.csv (eval/return, loss/critic, perf/steps_per_s, ...)."""
@@ -183,10 +188,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "image_size", "frame_stack", "batch_size",
-                     "log_every", "keep_checkpoints"):
+                     "log_every", "keep_checkpoints", "video_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every"):
+        for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every",
+                     "video_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.buffer_size is not None and self.buffer_size < 1:
@@ -265,7 +271,7 @@ def with_preset(name: str, **overrides) -> TrainConfig:
 
 
 RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address", "keep_checkpoints",
-                     "tensorboard")
+                     "tensorboard", "video_every", "video_size")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

@@ -72,6 +72,9 @@ class Trainer:
                                    c.vector_env)
             spaces = envs.single_observation_space, envs.single_action_space
         try:
+            if c.video_every:
+                from fastsac.video import check_available
+                check_available()  # before a run that would fail at its first video
             self._build(c, *spaces)
             if c.workers:
                 try:
@@ -208,6 +211,8 @@ class Trainer:
                 self.eval_returns[self.step] = ret
                 self.log.write(self.step, {"eval/return": ret})
                 bar.set_postfix(self._postfix({}), refresh=False)
+            if c.video_every and (self._due(c.video_every, before) or final):
+                self.record_video()
             if do_eval or final:
                 plot_run(self.log.path, self.run_dir / "progress.png", c.env)
             if (c.checkpoint_every and self._due(c.checkpoint_every, before)) or final:
@@ -314,6 +319,17 @@ class Trainer:
         result = run_episodes(self.agent, self._eval_env, c.eval_episodes, c.seed,
                               c.frame_stack, self._to_env)
         return float(np.mean(result.returns))
+
+    def record_video(self) -> Path:
+        """A video of one deterministic evaluation episode: run_dir/videos/step-STEP.mp4."""
+        from fastsac.video import record_episode
+
+        c = self.config
+        path = self.run_dir / "videos" / f"step-{self.step}.mp4"
+        record_episode(self.agent, c.env, path, seed=c.seed, pixels=c.pixels,
+                       image_size=c.image_size, full_render=c.full_render,
+                       frame_stack=c.frame_stack, size=c.video_size)
+        return path
 
     def close(self) -> None:
         """Close the training envs and the evaluation env (``run`` does this at its end)."""
