@@ -174,6 +174,9 @@ class TrainConfig:
     run_dir/videos/step-STEP.mp4 at the evaluation due then (0: none; the video extra)."""
     video_size: int = 256
     """Side in pixels of the videos' frames."""
+    video_observed: bool = False
+    """With video_every, on an image task: also record the frames the agent saw (the newest
+    of each stack), to run_dir/videos/step-STEP-observed.mp4."""
     tensorboard: bool = False
     """Also write the metrics as TensorBoard event files to run_dir/tensorboard (the tb
     extra), keys as in metrics.csv (eval/return, loss/critic, perf/steps_per_s, ...)."""
@@ -271,7 +274,7 @@ def with_preset(name: str, **overrides) -> TrainConfig:
 
 
 RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address", "keep_checkpoints",
-                     "tensorboard", "video_every", "video_size")
+                     "tensorboard", "video_every", "video_size", "video_observed")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

@@ -109,6 +109,9 @@ class Trainer:
         self.half_range = (self.high - self.low) / 2  # [-1, 1] <-> [low, high]
         self.action_shape = act_space.shape
         self.pixels = len(obs_space.shape) == 3 and obs_space.dtype == np.uint8
+        if c.video_observed and not self.pixels:
+            raise ValueError(f"video_observed records the frames the agent sees: {c.env} "
+                             "gives no image observations (pixels)")
         if c.frame_stack > 1 and not self.pixels:
             raise ValueError("frame_stack > 1 needs image observations (pixels)")
         self.obs_dtype = np.uint8 if self.pixels else np.float32
@@ -326,9 +329,11 @@ class Trainer:
 
         c = self.config
         path = self.run_dir / "videos" / f"step-{self.step}.mp4"
+        observed = path.with_name(f"step-{self.step}-observed.mp4") if c.video_observed \
+            else None
         record_episode(self.agent, c.env, path, seed=c.seed, pixels=c.pixels,
                        image_size=c.image_size, full_render=c.full_render,
-                       frame_stack=c.frame_stack, size=c.video_size)
+                       frame_stack=c.frame_stack, size=c.video_size, observed=observed)
         return path
 
     def close(self) -> None:

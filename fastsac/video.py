@@ -91,19 +91,24 @@ def _frame(env: gym.Env, size: int) -> np.ndarray:
 
 def record_episode(agent: SAC, env_id: str, path: str | os.PathLike, *, seed: int,
                    pixels: bool = False, image_size: int = 84, full_render: bool = False,
-                   frame_stack: int = 1, size: int = 256) -> int:
+                   frame_stack: int = 1, size: int = 256,
+                   observed: str | os.PathLike | None = None) -> int:
     """Write one deterministic episode to the MP4 ``path``; returns its frame count (the
-    reset's and one per step)."""
+    reset's and one per step). ``observed``: with ``pixels``, also write the frames the agent
+    saw (``image_size``, the newest of each stack) to that MP4."""
     from fastsac.evaluation import action_scaler
 
     obs_env = make_env(env_id, pixels, image_size, full_render)
+    space = obs_env.observation_space
+    if observed is not None and not (len(space.shape) == 3 and space.shape[0] == 3):
+        obs_env.close()
+        raise ValueError(f"observed: {env_id} is not observed through RGB frames")
     video_env = _render_env(env_id, size, full_render)
     to_env = action_scaler(obs_env.action_space)
-    space = obs_env.observation_space
     obs_dtype = np.uint8 if space.dtype == np.uint8 and len(space.shape) == 3 else np.float32
     stack = FrameStack(1, space.shape, frame_stack, obs_dtype) if frame_stack > 1 else None
     fps = int(obs_env.metadata.get("render_fps") or 30)
-    writer = None
+    writer = seen = None
     try:
         frame, _ = obs_env.reset(seed=seed + 100)
         video_env.reset(seed=seed + 100)
@@ -112,6 +117,9 @@ def record_episode(agent: SAC, env_id: str, path: str | os.PathLike, *, seed: in
         first = _frame(video_env, size)
         writer = _Writer(Path(path), fps, first.shape[:2])
         writer.write(first)
+        if observed is not None:
+            seen = _Writer(Path(observed), fps, space.shape[1:])
+            seen.write(np.ascontiguousarray(np.asarray(frame).transpose(1, 2, 0)))
         frames, done = 1, False
         while not done:
             obs = stack.obs[0] if stack else np.asarray(frame, obs_dtype)
@@ -121,11 +129,14 @@ def record_episode(agent: SAC, env_id: str, path: str | os.PathLike, *, seed: in
             if stack:
                 stack.push(frame[None])
             writer.write(_frame(video_env, size))
+            if seen is not None:
+                seen.write(np.ascontiguousarray(np.asarray(frame).transpose(1, 2, 0)))
             frames += 1
             done = terminated or truncated
     finally:
-        if writer is not None:
-            writer.close()
+        for w in (writer, seen):
+            if w is not None:
+                w.close()
         video_env.close()
         obs_env.close()
     return frames

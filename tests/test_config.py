@@ -44,7 +44,8 @@ def test_resume_may_change_only_its_listed_fields_and_the_run_dir():
     assert (resumed.total_steps, resumed.progress) == (5_000, False)
     assert resumed.run_dir == "runs/a"  # kept; make_trainer runs in the directory it resumes
     assert set(RESUME_MAY_CHANGE) == {"total_steps", "progress", "ray_address", "keep_checkpoints",
-                                      "tensorboard", "video_every", "video_size"}
+                                      "tensorboard", "video_every", "video_size",
+                                      "video_observed"}
     for change in (dict(batch_size=64), dict(sac=SACConfig(tau=0.01))):
         with pytest.raises(ValueError, match=f"resume: {next(iter(change))} was"):
             resumed_config(saved, dataclasses.replace(saved, **change))

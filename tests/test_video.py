@@ -74,3 +74,18 @@ def test_evaluate_records_a_video(tmp_path, capsys):
                  "--video-size", "64"]) == 0
     assert len(frames_of(out)) == 51
     assert "(51 frames)" in capsys.readouterr().out
+
+
+def test_the_frames_the_agent_saw_can_be_recorded_too(tmp_path):
+    agent = SAC((3, 32, 32), (2,), SACConfig(hidden=(16,), compile="none"))
+    n = record_episode(agent, "fastsac/PointMass-v0", tmp_path / "pm.mp4", seed=0, size=64,
+                       pixels=False, observed=tmp_path / "seen.mp4")
+    seen = frames_of(tmp_path / "seen.mp4")
+    assert n == len(seen) == 51 and seen.shape[1:] == (32, 32, 3)
+    with pytest.raises(ValueError, match="observed"):
+        record_episode(SAC((3,), (1,)), "Pendulum-v1", tmp_path / "p.mp4", seed=0,
+                       observed=tmp_path / "x.mp4")
+    with pytest.raises(ValueError, match="video_observed"):
+        train(TrainConfig(video_every=100, video_observed=True, device="cpu", progress=False,
+                          run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
