@@ -85,18 +85,18 @@ def add_evaluate_parser(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fastsac.evaluation import evaluate_run, write_json
+    from fastsac.config import read_run_config
+    from fastsac.evaluation import evaluate_agent, load_run_agent, write_json
 
     if args.episodes is not None and args.episodes < 1:
-        print("fastsac evaluate: error: --episodes must be >= 1", file=sys.stderr)
-        return 2
+        return _error("evaluate", "--episodes must be >= 1")
     warnings.formatwarning = _one_line_warning
     try:
-        result, step = evaluate_run(args.run_dir, step=args.checkpoint, episodes=args.episodes,
-                                    seed=args.seed, device=args.device)
+        config = read_run_config(args.run_dir)
+        agent, step = load_run_agent(args.run_dir, args.checkpoint, args.device)
+        result = evaluate_agent(agent, config, args.episodes, args.seed)
     except (ValueError, TypeError) as exc:
-        print(f"fastsac evaluate: error: {exc}", file=sys.stderr)
-        return 2
+        return _error("evaluate", exc)
     summary = {"run_dir": str(args.run_dir), "checkpoint": step, **result.summary()}
     print(f"{args.run_dir} at step {step}: return {summary['mean']:.2f} ± {summary['std']:.2f} "
           f"(min {summary['min']:.2f}, max {summary['max']:.2f}) over {summary['episodes']} "
@@ -104,12 +104,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, summary)
     if args.video:
-        from fastsac.config import read_run_config
-        from fastsac.evaluation import load_run_agent
         from fastsac.video import record_episode
 
-        c = read_run_config(args.run_dir)
-        agent, _ = load_run_agent(args.run_dir, step, args.device)
+        c = config
         try:
             frames = record_episode(agent, c.env, args.video,
                                     seed=c.seed if args.seed is None else args.seed,
@@ -117,8 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                     full_render=c.full_render, frame_stack=c.frame_stack,
                                     size=args.video_size)
         except ValueError as exc:
-            print(f"fastsac evaluate: error: {exc}", file=sys.stderr)
-            return 2
+            return _error("evaluate", exc)
         print(f"wrote {args.video} ({frames} frames)")
     return 0
 
@@ -143,13 +139,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from fastsac.plot import plot
 
     if args.smooth < 1:
-        print("fastsac plot: error: --smooth must be >= 1", file=sys.stderr)
-        return 2
+        return _error("plot", "--smooth must be >= 1")
     try:
         plot(args.paths, args.output, args.key, args.smooth)
     except ValueError as exc:
-        print(f"fastsac plot: error: {exc}", file=sys.stderr)
-        return 2
+        return _error("plot", exc)
     print(f"wrote {args.output}")
     return 0
 
@@ -190,6 +184,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict({**plain, "sac": sac})
 
 
+def _error(command: str, message) -> int:
+    """Print ``fastsac COMMAND: error: MESSAGE`` to stderr; the exit status 2."""
+    print(f"fastsac {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"fastsac train: warning: {message}\n"
 
@@ -199,8 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:  # every check happens here, before the first step
         trainer = make_trainer(train_config(args), resume=args.resume)
     except (ValueError, TypeError) as exc:
-        print(f"fastsac train: error: {exc}", file=sys.stderr)
-        return 2
+        return _error("train", exc)
     tune_process()
     result = trainer.run()
     last = max(result.eval_returns) if result.eval_returns else None

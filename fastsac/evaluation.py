@@ -95,16 +95,20 @@ def evaluate_run(run_dir: str | os.PathLike, *, step: int | None = None,
                  on_frame=None) -> tuple[Evaluation, int]:
     """Evaluate a run's saved agent under the run's protocol (its env, frame stack, seed and
     episode count, unless given). Returns the evaluation and the checkpoint's step."""
-    config = read_run_config(run_dir)
     agent, step = load_run_agent(run_dir, step, device)
+    return evaluate_agent(agent, read_run_config(run_dir), episodes, seed, on_frame), step
+
+
+def evaluate_agent(agent: SAC, config, episodes: int | None = None, seed: int | None = None,
+                   on_frame=None) -> Evaluation:
+    """``agent`` under the protocol of a run's ``config`` (see ``evaluate_run``)."""
     env = make_env(config.env, config.pixels, config.image_size, config.full_render)
     try:
-        result = run_episodes(agent, env, episodes or config.eval_episodes or 10,
-                              config.seed if seed is None else seed, config.frame_stack,
-                              action_scaler(env.action_space), on_frame)
+        return run_episodes(agent, env, episodes or config.eval_episodes or 10,
+                            config.seed if seed is None else seed, config.frame_stack,
+                            action_scaler(env.action_space), on_frame)
     finally:
         env.close()
-    return result, step
 
 
 def write_json(path: str | os.PathLike, summary: dict) -> None:
