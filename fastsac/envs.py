@@ -186,6 +186,20 @@ def _mujoco_warnings_to_stderr() -> None:
         mujoco.set_mju_user_warning(_print_mujoco_warning)
 
 
+def prepare_rendering() -> None:
+    """Ready this process for MuJoCo's offscreen rendering: EGL unless the user chose a
+    backend (``MUJOCO_GL``), and triton, where it is installed (CUDA builds of torch bring
+    it), imported first. Triton's own LLVM must load before the one Mesa's software renderer
+    loads: triton imported after a Mesa context (torch imports it at its first optimizer or
+    compile) crashes the process with SIGSEGV."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # a broken triton is torch's to report, not the renderer's
+            pass
+
+
 def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
              full_render: bool = False) -> gym.Env:
     """One env: ``env_id`` as gymnasium makes it ("module:id" imports the module first), or
@@ -200,7 +214,7 @@ def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
         _mujoco_warnings_to_stderr()
     if not pixels:
         return gym.make(env_id)
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless; the user's choice wins
+    prepare_rendering()
     # The model's "track" camera follows the body. Without a camera named, gymnasium 1.4
     # renders a free camera that stays where it started: HalfCheetah left the frame within
     # 5 m. A model without a "track" camera gets the free camera.

@@ -8,6 +8,7 @@ Every module here is written so that ``torch.jit.script`` compiles it (no
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -254,6 +255,32 @@ class _CompiledOrEager:
         return getattr(self._module, name)
 
 
+_JIT_DEPRECATED = r"`torch\.jit\.script` is deprecated"
+JIT_NOTICE = "fastsac: compile='jit' runs the networks as TorchScript"
+"""How fastsac's one notice of TorchScript's deprecation starts (to filter it)."""
+
+
+_jit_deprecation_said = False
+
+
+def _script(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script``, with torch's deprecation notice said once per process and in
+    fastsac's words: the user did not call TorchScript, fastsac's default did."""
+    global _jit_deprecation_said
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message=_JIT_DEPRECATED)  # recorded, not raised
+        scripted = torch.jit.script(module)
+    for w in caught:
+        if not re.match(_JIT_DEPRECATED, str(w.message)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif not _jit_deprecation_said:
+            _jit_deprecation_said = True
+            warnings.warn(f"{JIT_NOTICE}, which torch {torch.__version__} deprecates; "
+                          "compile='none' (eager) or 'torch' (torch.compile) does not use it",
+                          w.category, stacklevel=3)
+    return scripted
+
+
 def compile_module(module: nn.Module, mode: str):
     """``mode``: "jit" (TorchScript), "torch" (torch.compile) or "none". If compiling fails on
     this torch (for torch.compile: at a call, where it compiles), warn once and run eagerly."""
@@ -262,7 +289,7 @@ def compile_module(module: nn.Module, mode: str):
         return module
     try:
         if mode == "jit":
-            return torch.jit.script(module)
+            return _script(module)
         return _CompiledOrEager(module, torch.compile(module))
     except Warning:
         raise  # a warning turned into an error by the caller's filters is theirs to see

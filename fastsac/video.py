@@ -18,7 +18,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from fastsac.envs import FrameStack, make_env
+from fastsac.envs import FrameStack, make_env, prepare_rendering
 from fastsac.sac import SAC
 
 
@@ -61,7 +61,7 @@ def _render_env(env_id: str, size: int, full_render: bool) -> gym.Env:
     """The task rendering RGB frames of about ``size`` pixels (MuJoCo: without shadows,
     reflections and multisampling unless ``full_render``, as the pixel observations)."""
     if "mujoco" in str(gym.spec(env_id.rpartition(":")[2]).entry_point):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # headless; the user's choice wins
+        prepare_rendering()
     kwargs = dict(render_mode="rgb_array", width=size, height=size)
     env = None
     for extra in ({"camera_name": "track"}, {}):

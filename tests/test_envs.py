@@ -1,6 +1,10 @@
 """fastsac.envs with MuJoCo: rendered observations and MuJoCo's warnings (the built-in
 PointMass task is tested in test_train.py)."""
 
+import importlib.util
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -83,3 +87,19 @@ def test_mujoco_warnings_go_to_stderr_once_each_and_no_log_file(tmp_path, monkey
         assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
     finally:
         mujoco.set_mju_user_warning(previous)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="the crash needs triton, which CUDA builds of torch bring")
+def test_pixel_env_then_torch_compiler_does_not_crash():
+    # A torch optimizer or compile imports triton; triton loaded after Mesa's software
+    # renderer crashed the process (SIGSEGV) until make_env imported it first.
+    pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
+    code = ("from fastsac.envs import make_env; import numpy as np; "
+            "env = make_env('HalfCheetah-v5', pixels=True, image_size=32); "
+            "obs, _ = env.reset(seed=0); obs, *_ = env.step(np.zeros(6)); "
+            "import torch._dynamo; print(obs.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(3, 32, 32)"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastsac import networks
 from fastsac.networks import Actor, CriticEnsemble, LogStd, NumpyActor, compile_module
 
 
@@ -23,6 +24,36 @@ def test_scripting_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"compile='jit' failed .*cannot script this") as w:
         out = compile_module(actor, "jit")
     assert out is actor and len(w) == 1
+
+
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])  # 2.13, 2.14
+def test_torchscripts_deprecation_is_said_once_in_fastsacs_words(monkeypatch, category):
+    real_script = torch.jit.script
+
+    def deprecated_script(module, *args, **kwargs):  # torch calls it on submodules too
+        warnings.warn("`torch.jit.script` is deprecated. Please switch to `torch.compile` or "
+                      "`torch.export`.", category)
+        warnings.warn("another notice", UserWarning)
+        return real_script(module, *args, **kwargs)
+    monkeypatch.setattr(torch.jit, "script", deprecated_script)
+    monkeypatch.setattr(networks, "_jit_deprecation_said", False)  # a fresh process
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = compile_module(_actor(), "jit")
+        compile_module(_actor(), "jit")
+    said = [(w.category, str(w.message)) for w in caught]
+    notice = [m for c, m in said if c is category]
+    assert len(notice) == 1 and notice[0].startswith("fastsac: compile='jit' runs the networks"
+                                                     " as TorchScript, which torch ")
+    assert "compile='none'" in notice[0]
+    assert {m for c, m in said if c is UserWarning} == {"another notice"}  # passed on as it is
+    assert isinstance(first, torch.jit.ScriptModule)
+    monkeypatch.setattr(networks, "_jit_deprecation_said", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", category)  # a caller's filters decide about the notice
+        with pytest.raises(category, match="fastsac: compile='jit'"):
+            compile_module(_actor(), "jit")
 
 
 def test_torch_compile_failing_at_first_call_falls_back_to_eager_once(monkeypatch):

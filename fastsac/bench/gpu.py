@@ -19,6 +19,7 @@ Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is 
 from __future__ import annotations
 
 import tempfile
+import re
 import warnings
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import SACConfig
+from fastsac.networks import JIT_NOTICE
 from fastsac.sac import SAC
 
 
@@ -43,7 +45,7 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
         configs["graph"] = SACConfig(compile="jit", cuda_graph=True)
     agents = {}
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
         for name, cfg in configs.items():
             torch.manual_seed(0)
             agents[name] = SAC((OBS,), (ACT,), cfg, device)

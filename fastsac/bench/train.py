@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import re
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from fastsac.bench._util import block, interleaved, log, median, row
 from fastsac.config import SACConfig
+from fastsac.networks import JIT_NOTICE
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.config import TrainConfig
 from fastsac.trainer import Trainer
@@ -33,7 +35,7 @@ def _trainer(run_dir: Path, device: str = "cpu", **kw) -> Trainer:
     cfg = TrainConfig(env=ENV, progress=False, eval_episodes=0, checkpoint_every=0,
                       run_dir=str(run_dir), device=device, **kw)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
         trainer = Trainer(cfg, run_dir)
     trainer.start()
     return trainer
