@@ -3,6 +3,7 @@ with backpressure, and restarted when they fail."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections import deque
@@ -64,7 +65,8 @@ def connect(address: str, num_workers: int) -> bool:
         if address:
             ray.init(address=address, include_dashboard=False)
         else:  # one logical CPU per worker even where that oversubscribes the machine
-            ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), include_dashboard=False)
+            ray.init(num_cpus=max(os.cpu_count() or 1, num_workers), include_dashboard=False,
+                     logging_level=logging.WARNING)  # not "Started a local Ray instance"
     except ConnectionError as exc:
         raise ValueError(f"ray_address {address!r}: {exc}") from exc
     finally:
