@@ -5,7 +5,9 @@ resume (also after a killed process), and bad paths and files refused with nothi
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,13 +154,60 @@ def test_a_slots_file_that_is_not_this_buffers_is_refused_untouched(tmp_path, da
     assert slots.read_bytes() == before
 
 
+# Kills the process right after the file's blocks are allocated, before its header is written.
+KILL_AFTER_FALLOCATE = """
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <sys/types.h>
+static int kill_after(const char *name, int fd, off_t offset, off_t len) {
+  int (*real)(int, off_t, off_t) = (int (*)(int, off_t, off_t))dlsym(RTLD_NEXT, name);
+  int r = real(fd, offset, len);
+  raise(SIGKILL);
+  return r;
+}
+int posix_fallocate(int fd, off_t o, off_t n) { return kill_after("posix_fallocate", fd, o, n); }
+int posix_fallocate64(int fd, off_t o, off_t n) { return kill_after("posix_fallocate64", fd, o, n); }
+"""
+
+
+def test_a_process_killed_while_creating_the_file_leaves_nothing_refused(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler, to stop the creating process at the worst moment")
+    (tmp_path / "kill.c").write_text(KILL_AFTER_FALLOCATE)
+    shim = tmp_path / "kill.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "kill.c"), "-ldl"],
+                   check=True)
+    d = tmp_path / "buf"
+    code = f"from fastsac import ReplayBuffer; ReplayBuffer(64, (2,), (1,), path={str(d)!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, LD_PRELOAD=str(shim)), timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert os.listdir(d) == ["slots.new"]  # killed in the middle of making the file
+    buf, ref = make_pair(**CFG, storage="episode", seed=3, path=d)  # it is made again
+    dr = Driver(buf, ref, rng=np.random.default_rng(0))
+    feed(dr, 12, np.random.default_rng(1))
+    check_against_reference(buf, ref, draws=20)
+    assert sorted(os.listdir(d)) == ["buffer.json", "slots"]
+
+
+def test_a_file_another_buffer_is_creating_is_refused(tmp_path):
+    (tmp_path / "slots.new").write_bytes(b"")
+    with open(tmp_path / "slots.new", "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # as a creating buffer holds it
+        with pytest.raises(ValueError, match="another replay buffer holds this file"):
+            ReplayBuffer(64, (2,), (1,), path=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["slots.new"]
+
+
 def test_a_full_disk_is_refused_before_anything_is_stored(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     steps = free // (84 * 84 * 3) + 1_000_000  # more slots than the disk can hold
     with pytest.raises(ValueError, match="cannot allocate") as exc:
         ReplayBuffer(steps, (3, 84, 84), (6,), obs_dtype=np.uint8, path=tmp_path / "big")
     assert str(tmp_path / "big") in str(exc.value)
-    assert not (tmp_path / "big" / "slots").exists()
+    assert os.listdir(tmp_path / "big") == []  # neither slots nor slots.new
 
 
 def test_a_path_that_cannot_be_a_directory_is_refused_by_name(tmp_path):

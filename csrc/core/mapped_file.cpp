@@ -33,75 +33,118 @@ struct FileHeader {
 }  // namespace
 
 #ifdef FASTSAC_HAVE_MMAP
+namespace {
+
+// An exclusive lock on an open file, held as long as it stays open: a second buffer, in this
+// process or another, fails here.
+void lock_or_throw(int fd, const std::string& path) {
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return;
+  const int err = errno;
+  ::close(fd);
+  if (err == EWOULDBLOCK)
+    throw std::invalid_argument(path + ": another replay buffer holds this file");
+  os_error(path, "cannot lock", err);
+}
+
+}  // namespace
+
 MappedFile::MappedFile(const std::string& path, const FileLayout& layout, size_t slots_bytes)
     : path_(path), slots_bytes_(slots_bytes) {
   const size_t stamp_bytes = static_cast<size_t>(layout.num_envs * layout.ring) * sizeof(int64_t);
   len_ = kHeaderBytes + slots_bytes + stamp_bytes;
-  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ >= 0) {
-    created_ = true;
-  } else if (errno == EEXIST) {
+  // Two tries: a file another buffer creates between this one's look and its own link.
+  for (int attempt = 0; attempt < 2 && fd_ < 0; ++attempt) {
     fd_ = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd_ < 0) os_error(path, "cannot open", errno);
-  } else {
-    os_error(path, "cannot create", errno);
-  }
-  // The lock goes with the open file: a second buffer, in this process or another, fails here.
-  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    ::close(fd_);
-    if (err == EWOULDBLOCK)
-      throw std::invalid_argument(path + ": another replay buffer holds this file");
-    os_error(path, "cannot lock", err);
-  }
-  FileHeader header{};
-  if (created_) {
-    const int err = ::posix_fallocate(fd_, 0, static_cast<off_t>(len_));
-    if (err != 0) {
-      ::close(fd_);
-      ::unlink(path.c_str());  // ours, and empty: a full disk leaves nothing behind
-      os_error(path, "cannot allocate the file", err);
-    }
-    std::memcpy(header.magic, kMagic, sizeof kMagic);
-    header.version = kVersion;
-    header.layout = layout;
-  } else {
-    struct stat st {};
-    const bool sized = ::fstat(fd_, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof header;
-    if (!sized || ::pread(fd_, &header, sizeof header, 0) != static_cast<ssize_t>(sizeof header) ||
-        std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
-      ::close(fd_);
-      throw std::invalid_argument(path + ": not a fastsac replay file");
-    }
-    if (header.version != kVersion) {
-      ::close(fd_);
-      throw std::invalid_argument(path + ": replay file version " +
-                                  std::to_string(header.version) + ", this fastsac reads " +
-                                  std::to_string(kVersion));
-    }
-    if (std::memcmp(&header.layout, &layout, sizeof layout) != 0 ||
-        static_cast<size_t>(st.st_size) != len_) {
-      ::close(fd_);
-      throw std::invalid_argument(path + ": a replay file of another buffer shape");
+    if (fd_ >= 0) {
+      lock_or_throw(fd_, path);
+      open_existing(layout);
+    } else if (errno != ENOENT) {
+      os_error(path, "cannot open", errno);
+    } else {
+      create(layout, stamp_bytes);
     }
   }
-  void* p = ::mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) {
-    const int err = errno;
-    ::close(fd_);
-    if (created_) ::unlink(path.c_str());
-    os_error(path, "cannot map", err);
-  }
-  base_ = static_cast<uint8_t*>(p);
+  if (fd_ < 0) throw std::invalid_argument(path + ": another replay buffer holds this file");
   // No MADV_RANDOM: a sampled step reads a run of neighbouring slots (its frame stack and
   // n-step window, ~6 slots of 21 KB for 84x84 RGB), which the kernel's read-ahead fetches in
   // a few large reads instead of one 4 KiB fault at a time (BENCHMARKS.md).
   ::madvise(base_ + kHeaderBytes, slots_bytes, MADV_NORMAL);
-  if (created_) {
-    std::memcpy(base_, &header, sizeof header);
-    // No slot written yet: stamps of -1 (fallocate gives zeros, which is position 0).
-    std::memset(stamps(), 0xff, stamp_bytes);
+}
+
+void MappedFile::map() {
+  void* p = ::mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    os_error(path_, "cannot map", err);
   }
+  base_ = static_cast<uint8_t*>(p);
+}
+
+void MappedFile::open_existing(const FileLayout& layout) {
+  FileHeader header{};
+  struct stat st {};
+  const bool sized = ::fstat(fd_, &st) == 0 && static_cast<size_t>(st.st_size) >= sizeof header;
+  std::string refused;
+  if (!sized || ::pread(fd_, &header, sizeof header, 0) != static_cast<ssize_t>(sizeof header) ||
+      std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
+    refused = path_ + ": not a fastsac replay file";
+  } else if (header.version != kVersion) {
+    refused = path_ + ": replay file version " + std::to_string(header.version) +
+              ", this fastsac reads " + std::to_string(kVersion);
+  } else if (std::memcmp(&header.layout, &layout, sizeof layout) != 0 ||
+             static_cast<size_t>(st.st_size) != len_) {
+    refused = path_ + ": a replay file of another buffer shape";
+  }
+  if (!refused.empty()) {
+    ::close(fd_);
+    fd_ = -1;
+    throw std::invalid_argument(refused);
+  }
+  map();
+}
+
+// The file is made whole under a temporary name and only then linked to `path`, so that a
+// process killed while making it leaves no `path` without a header (which would be refused as
+// foreign); the next buffer reuses the temporary file it left.
+void MappedFile::create(const FileLayout& layout, size_t stamp_bytes) {
+  const std::string tmp = path_ + ".new";
+  fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) os_error(path_, "cannot create", errno);
+  lock_or_throw(fd_, path_);  // held: another buffer is creating the file
+  auto give_up = [&](const char* what, int err) {
+    if (base_) ::munmap(base_, len_);
+    base_ = nullptr;
+    ::close(fd_);
+    fd_ = -1;
+    ::unlink(tmp.c_str());  // ours and incomplete: nothing is left behind
+    os_error(path_, what, err);
+  };
+  if (::ftruncate(fd_, 0) != 0) give_up("cannot create", errno);  // a killed creator's
+  if (const int err = ::posix_fallocate(fd_, 0, static_cast<off_t>(len_)); err != 0)
+    give_up("cannot allocate the file", err);  // a full disk fails here, not in a later write
+  map();
+  FileHeader header{};
+  std::memcpy(header.magic, kMagic, sizeof kMagic);
+  header.version = kVersion;
+  header.layout = layout;
+  std::memcpy(base_, &header, sizeof header);
+  // No slot written yet: stamps of -1 (fallocate gives zeros, which is position 0).
+  std::memset(stamps(), 0xff, stamp_bytes);
+  if (::msync(base_, len_, MS_SYNC) != 0) give_up("cannot write to disk", errno);
+  if (::link(tmp.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::munmap(base_, len_);
+    base_ = nullptr;
+    ::close(fd_);
+    fd_ = -1;
+    ::unlink(tmp.c_str());
+    if (err == EEXIST) return;  // another buffer made the file meanwhile: open that one
+    os_error(path_, "cannot create", err);
+  }
+  ::unlink(tmp.c_str());
+  created_ = true;
 }
 
 MappedFile::~MappedFile() {

@@ -25,7 +25,9 @@ class MappedFile {
 
   // Opens `path` (or creates it, sized for `slots_bytes` of slots and their stamps, with its
   // blocks allocated so that a full disk fails here rather than in a later write), maps it and
-  // locks it for this process. An existing file must have this layout. Throws
+  // locks it for this process. A new file appears at `path` complete (it is made as
+  // `path.new`, the name a killed creator's leftover keeps). An existing file must have this
+  // layout. Throws
   // std::invalid_argument for a file that is not such a replay file or that another buffer
   // holds, std::runtime_error for what the OS refuses (the message names path and reason).
   MappedFile(const std::string& path, const FileLayout& layout, size_t slots_bytes);
@@ -44,6 +46,10 @@ class MappedFile {
   void flush() const;
 
  private:
+  void open_existing(const FileLayout& layout);
+  void create(const FileLayout& layout, size_t stamp_bytes);
+  void map();
+
   std::string path_;
   int fd_ = -1;
   uint8_t* base_ = nullptr;
