@@ -174,9 +174,9 @@ def restore(core: ReplayCore, config: dict, state: Mapping) -> ReplayCore:
             raise ValueError(f"state is missing {missing}")
         core.set_floors([int(w) for w in np.asarray(state["floors"], dtype=np.int64)])
         core.set_rng_state([int(w) for w in np.asarray(state["rng"], dtype=np.uint64)])
-        # Slots written after this state was saved (or by another buffer since) are lost.
+        # Slots written after this state was saved (or by another buffer since) are lost; the
+        # slots' integrity is checked there, and a state that fails it leaves the file as it was.
         lost = core.drop_overwritten(int(np.asarray(state["generation"], dtype=np.uint64)))
-        core.check_integrity()
         if lost:
             warnings.warn(f"{lost} slots of the replay file "
                           f"{os.path.join(config['path'], _SLOTS)} were "

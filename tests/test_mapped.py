@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from buffer_helpers import CFG, ENDS, STARTS, Driver, check_against_reference, make_pair
 
 from fastsac import ReplayBuffer
@@ -74,6 +75,40 @@ def test_a_resume_drops_the_slots_written_after_its_checkpoint(tmp_path, storage
     at_checkpoint.end_episodes()
     feed(d2, 10, rng)
     check_against_reference(resumed, at_checkpoint, draws=20)
+
+
+def test_a_damaged_state_changes_neither_the_file_nor_the_buffer(tmp_path):
+    """A checkpoint whose counters pass their own checks but not the slots' (a damaged one):
+    its load is refused with the file as it was, so an older checkpoint still resumes."""
+    buf = ReplayBuffer(64, (2,), (1,), path=tmp_path, seed=0)
+    obs = np.zeros(2, np.float32)
+    for t in range(5):  # an episode that runs on past the checkpoint
+        buf.add(obs + t, [0.0], 1.0, obs + t + 1, False, False)
+    older = buf.state_dict()
+    buf.add(obs + 5, [0.0], 1.0, obs + 6, False, False)
+    state = buf.state_dict()
+    buf.add(obs + 6, [0.0], 1.0, obs + 7, True, False)  # ends it, after the checkpoint
+    damaged = copy.deepcopy(state)
+    words = np.asarray(damaged["streams"], dtype=np.int64).copy()
+    words[1] += 2  # the running episode's first position
+    damaged["streams"] = words
+    buf.flush()
+    slots = (tmp_path / "slots").read_bytes()
+    counters = buf.state_dict()
+    with pytest.raises(ValueError, match="corrupt"):
+        buf.load_state_dict(damaged)
+    buf.flush()
+    assert (tmp_path / "slots").read_bytes() == slots
+    after = buf.state_dict()
+    assert all(np.array_equal(np.asarray(after[k]), np.asarray(counters[k]))
+               for k in ("streams", "floors", "rng", "generation"))
+    buf.load_state_dict(older)  # the older checkpoint: its 5 steps, the episode running
+    assert len(buf) == 5 and buf.num_sampleable == 5
+    batches = [buf.sample(5).clone() for _ in range(20)]
+    obs = torch.cat([b.obs for b in batches])
+    assert set(obs[:, 0].tolist()) == {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert torch.equal(torch.cat([b.next_obs for b in batches]) - obs, torch.ones_like(obs))
+    assert torch.equal(torch.cat([b.discount for b in batches]), torch.full((100,), 0.99))
 
 
 def test_a_killed_process_resumes_without_the_overwritten_steps(tmp_path):

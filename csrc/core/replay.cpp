@@ -297,6 +297,22 @@ int64_t ReplayCore::drop_overwritten(uint64_t generation) {
   require(stamps_ != nullptr, "drop_overwritten needs a file-backed core");
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   const bool episode = cfg_.storage == Storage::Episode;
+  // What this changes in the file, to put back if the result is not a consistent state: a
+  // damaged checkpoint must not damage the slots an older one resumes from.
+  struct Saved {
+    SlotHeader* header;
+    SlotHeader before;
+    int64_t* stamp;
+    int64_t stamp_before;
+  };
+  std::vector<Saved> undo;
+  auto save = [&](int64_t e, int64_t pos) {
+    int64_t* stamp = &stamps_[e * cfg_.ring + pos % cfg_.ring];
+    undo.push_back({header(e, pos), *header(e, pos), stamp, *stamp});
+  };
+  const std::vector<StreamState> streams_before = streams_;
+  const std::vector<int64_t> floor_before = floor_;
+  const uint64_t generation_before = generation_;
   // Another lineage wrote the file since (a fresh buffer on it): nothing of ours is left.
   const bool foreign = file_->generation() != generation;
   generation_ = generation;
@@ -308,6 +324,7 @@ int64_t ReplayCore::drop_overwritten(uint64_t generation) {
     for (int64_t pos = lo; pos < st.count && !foreign; ++pos)
       if (stamps_[e * cfg_.ring + pos % cfg_.ring] != pos) floor = pos + 1;
     for (int64_t pos = lo; pos < floor && !foreign; ++pos) {  // not held: nothing to count
+      save(e, pos);
       header(e, pos)->flags = 0;
       stamps_[e * cfg_.ring + pos % cfg_.ring] = -1;
     }
@@ -316,15 +333,30 @@ int64_t ReplayCore::drop_overwritten(uint64_t generation) {
     if (st.open && floor >= st.count) st.open = 0;  // its last observation is gone too
     if (st.open) {
       // Later steps may have continued or ended the episode running then: it runs again.
-      for (int64_t pos = std::max(st.cur_first, floor); pos < st.count; ++pos)
+      for (int64_t pos = std::max(st.cur_first, floor); pos < st.count; ++pos) {
+        save(e, pos);
         header(e, pos)->ep_end = kOpen;
+      }
       if (episode) {  // its last observation had no step yet
+        save(e, st.count - 1);
         header(e, st.count - 1)->flags = 0;
         header(e, st.count - 1)->reward = 0.0f;
       }
     }
     st.steps = 0;
     for (int64_t pos = floor; pos < st.count; ++pos) st.steps += (header(e, pos)->flags & kHasStep) != 0;
+  }
+  try {
+    check_integrity();
+  } catch (...) {
+    for (auto it = undo.rbegin(); it != undo.rend(); ++it) {  // a slot saved twice: oldest last
+      *it->header = it->before;
+      *it->stamp = it->stamp_before;
+    }
+    streams_ = streams_before;
+    floor_ = floor_before;
+    generation_ = generation_before;
+    throw;
   }
   return lost;
 }

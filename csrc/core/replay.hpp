@@ -138,7 +138,8 @@ class ReplayCore {
   // lost (raising the stream's floor), and undoes what later steps changed in the headers of
   // the episode that was running then. Returns the positions lost.
   // `generation`: the file's lineage when the state was saved (see MappedFile); if the file
-  // has started another one since, every position is lost.
+  // has started another one since, every position is lost. Throws std::invalid_argument, with
+  // the file and the core as they were, where the result is not a consistent state.
   int64_t drop_overwritten(uint64_t generation);
   // The lineage this core writes under: a fresh one until drop_overwritten() adopts the
   // checkpoint's; the file takes it at the first write.
