@@ -267,18 +267,19 @@ def _script(module: nn.Module) -> torch.jit.ScriptModule:
     """``torch.jit.script``, with torch's deprecation notice said once per process and in
     fastsac's words: the user did not call TorchScript, fastsac's default did."""
     global _jit_deprecation_said
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.filterwarnings("always", message=_JIT_DEPRECATED)  # recorded, not raised
-        scripted = torch.jit.script(module)
-    for w in caught:
-        if not re.match(_JIT_DEPRECATED, str(w.message)):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        elif not _jit_deprecation_said:
-            _jit_deprecation_said = True
-            warnings.warn(f"{JIT_NOTICE}, which torch {torch.__version__} deprecates; "
-                          "compile='none' (eager) or 'torch' (torch.compile) does not use it",
-                          w.category, stacklevel=3)
-    return scripted
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.filterwarnings("always", message=_JIT_DEPRECATED)  # recorded, not raised
+            return torch.jit.script(module)
+    finally:  # also where scripting fails: its warnings are passed on, then its error
+        for w in caught:
+            if not re.match(_JIT_DEPRECATED, str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif not _jit_deprecation_said:
+                _jit_deprecation_said = True
+                warnings.warn(f"{JIT_NOTICE}, which torch {torch.__version__} deprecates; "
+                              "compile='none' (eager) or 'torch' (torch.compile) does not use "
+                              "it", w.category, stacklevel=3)
 
 
 def compile_module(module: nn.Module, mode: str):

@@ -98,7 +98,7 @@ def test_pixel_env_then_torch_compiler_does_not_crash():
     code = ("from fastsac.envs import make_env; import numpy as np; "
             "env = make_env('HalfCheetah-v5', pixels=True, image_size=32); "
             "obs, _ = env.reset(seed=0); obs, *_ = env.step(np.zeros(6)); "
-            "import torch._dynamo; print(obs.shape)")
+            "import torch._dynamo, triton; print(obs.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

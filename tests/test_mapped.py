@@ -77,7 +77,8 @@ def test_a_resume_drops_the_slots_written_after_its_checkpoint(tmp_path, storage
     check_against_reference(resumed, at_checkpoint, draws=20)
 
 
-def test_a_damaged_state_changes_neither_the_file_nor_the_buffer(tmp_path):
+@pytest.mark.parametrize("damage", ["episode start", "ahead of the file"])
+def test_a_damaged_state_changes_neither_the_file_nor_the_buffer(tmp_path, damage):
     """A checkpoint whose counters pass their own checks but not the slots' (a damaged one):
     its load is refused with the file as it was, so an older checkpoint still resumes."""
     buf = ReplayBuffer(64, (2,), (1,), path=tmp_path, seed=0)
@@ -90,7 +91,10 @@ def test_a_damaged_state_changes_neither_the_file_nor_the_buffer(tmp_path):
     buf.add(obs + 6, [0.0], 1.0, obs + 7, True, False)  # ends it, after the checkpoint
     damaged = copy.deepcopy(state)
     words = np.asarray(damaged["streams"], dtype=np.int64).copy()
-    words[1] += 2  # the running episode's first position
+    if damage == "episode start":
+        words[1] += 2  # the running episode's first position
+    else:
+        words[:2] += 64  # positions a ring later than the file holds
     damaged["streams"] = words
     buf.flush()
     slots = (tmp_path / "slots").read_bytes()
@@ -224,6 +228,24 @@ def test_a_process_killed_while_creating_the_file_leaves_nothing_refused(tmp_pat
     dr = Driver(buf, ref, rng=np.random.default_rng(0))
     feed(dr, 12, np.random.default_rng(1))
     check_against_reference(buf, ref, draws=20)
+    assert sorted(os.listdir(d)) == ["buffer.json", "slots"]
+
+
+def test_a_second_name_left_by_a_killed_creator_is_never_truncated(tmp_path):
+    """A creator killed between linking slots and removing slots.new leaves two names of one
+    file: opening the buffer removes the spare name, and a file moved away keeps its data."""
+    d = tmp_path / "buf"
+    buf = ReplayBuffer(64, (2,), (1,), path=d)
+    buf.add([1, 2], [0.5], 1.0, [3, 4], False, False)
+    buf.close()
+    os.link(d / "slots", d / "slots.new")
+    ReplayBuffer(64, (2,), (1,), path=d).close()
+    assert sorted(os.listdir(d)) == ["buffer.json", "slots"]
+    os.link(d / "slots", d / "slots.new")
+    os.rename(d / "slots", tmp_path / "kept")  # the user moves the file away
+    kept = (tmp_path / "kept").read_bytes()
+    ReplayBuffer(64, (2,), (1,), path=d).close()  # a new file
+    assert (tmp_path / "kept").read_bytes() == kept
     assert sorted(os.listdir(d)) == ["buffer.json", "slots"]
 
 

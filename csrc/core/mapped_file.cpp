@@ -64,22 +64,20 @@ MappedFile::MappedFile(const std::string& path, const FileLayout& layout, size_t
       create(layout, stamp_bytes);
     }
   }
-  if (fd_ < 0) throw std::invalid_argument(path + ": another replay buffer holds this file");
+  if (fd_ < 0)
+    throw std::invalid_argument(path + ": other replay buffers created and removed this file "
+                                "meanwhile; try again");
   // No MADV_RANDOM: a sampled step reads a run of neighbouring slots (its frame stack and
   // n-step window, ~6 slots of 21 KB for 84x84 RGB), which the kernel's read-ahead fetches in
   // a few large reads instead of one 4 KiB fault at a time (BENCHMARKS.md).
   ::madvise(base_ + kHeaderBytes, slots_bytes, MADV_NORMAL);
 }
 
-void MappedFile::map() {
+bool MappedFile::map() {
   void* p = ::mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
-  if (p == MAP_FAILED) {
-    const int err = errno;
-    ::close(fd_);
-    fd_ = -1;
-    os_error(path_, "cannot map", err);
-  }
+  if (p == MAP_FAILED) return false;
   base_ = static_cast<uint8_t*>(p);
+  return true;
 }
 
 void MappedFile::open_existing(const FileLayout& layout) {
@@ -102,29 +100,53 @@ void MappedFile::open_existing(const FileLayout& layout) {
     fd_ = -1;
     throw std::invalid_argument(refused);
   }
-  map();
+  // A creator killed between linking the file and removing its temporary name left that
+  // name: a second name of this file, which a later create() must not truncate.
+  const std::string tmp = path_ + ".new";
+  struct stat left {};
+  if (::stat(tmp.c_str(), &left) == 0 && left.st_dev == st.st_dev && left.st_ino == st.st_ino)
+    ::unlink(tmp.c_str());
+  if (!map()) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    os_error(path_, "cannot map", err);
+  }
 }
 
 // The file is made whole under a temporary name and only then linked to `path`, so that a
 // process killed while making it leaves no `path` without a header (which would be refused as
-// foreign); the next buffer reuses the temporary file it left.
+// foreign); the next buffer reuses the temporary file it left. The temporary file's lock
+// orders its creators: only its holder truncates, links or removes it.
 void MappedFile::create(const FileLayout& layout, size_t stamp_bytes) {
   const std::string tmp = path_ + ".new";
-  fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0) os_error(path_, "cannot create", errno);
-  lock_or_throw(fd_, path_);  // held: another buffer is creating the file
+  struct stat st {};
+  for (int attempt = 0;; ++attempt) {
+    if (attempt == 8)
+      throw std::invalid_argument(path_ + ": other replay buffers keep creating this file");
+    fd_ = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) os_error(path_, "cannot create", errno);
+    lock_or_throw(fd_, path_);  // held: another buffer is creating the file
+    struct stat named {};
+    const bool same = ::fstat(fd_, &st) == 0 && ::stat(tmp.c_str(), &named) == 0 &&
+                      named.st_dev == st.st_dev && named.st_ino == st.st_ino;
+    if (same && st.st_nlink == 1) break;
+    if (same) ::unlink(tmp.c_str());  // a second name of a finished file: leave that file be
+    ::close(fd_);  // else its creator removed or replaced it before this lock: look again
+    fd_ = -1;
+  }
   auto give_up = [&](const char* what, int err) {
     if (base_) ::munmap(base_, len_);
     base_ = nullptr;
+    ::unlink(tmp.c_str());  // ours and incomplete: nothing is left behind (lock still held)
     ::close(fd_);
     fd_ = -1;
-    ::unlink(tmp.c_str());  // ours and incomplete: nothing is left behind
     os_error(path_, what, err);
   };
   if (::ftruncate(fd_, 0) != 0) give_up("cannot create", errno);  // a killed creator's
   if (const int err = ::posix_fallocate(fd_, 0, static_cast<off_t>(len_)); err != 0)
     give_up("cannot allocate the file", err);  // a full disk fails here, not in a later write
-  map();
+  if (!map()) give_up("cannot map", errno);
   FileHeader header{};
   std::memcpy(header.magic, kMagic, sizeof kMagic);
   header.version = kVersion;
@@ -135,13 +157,13 @@ void MappedFile::create(const FileLayout& layout, size_t stamp_bytes) {
   if (::msync(base_, len_, MS_SYNC) != 0) give_up("cannot write to disk", errno);
   if (::link(tmp.c_str(), path_.c_str()) != 0) {
     const int err = errno;
-    ::munmap(base_, len_);
+    if (err != EEXIST) give_up("cannot create", err);
+    ::munmap(base_, len_);  // another buffer made the file meanwhile: open that one
     base_ = nullptr;
+    ::unlink(tmp.c_str());
     ::close(fd_);
     fd_ = -1;
-    ::unlink(tmp.c_str());
-    if (err == EEXIST) return;  // another buffer made the file meanwhile: open that one
-    os_error(path_, "cannot create", err);
+    return;
   }
   ::unlink(tmp.c_str());
   created_ = true;

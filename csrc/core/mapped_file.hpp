@@ -48,7 +48,7 @@ class MappedFile {
  private:
   void open_existing(const FileLayout& layout);
   void create(const FileLayout& layout, size_t stamp_bytes);
-  void map();
+  bool map();  // false: mmap failed (errno says why)
 
   std::string path_;
   int fd_ = -1;

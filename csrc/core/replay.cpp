@@ -317,36 +317,43 @@ int64_t ReplayCore::drop_overwritten(uint64_t generation) {
   const bool foreign = file_->generation() != generation;
   generation_ = generation;
   int64_t lost = 0;
-  for (int64_t e = 0; e < cfg_.num_envs; ++e) {
-    StreamState& st = streams_[e];
-    const int64_t lo = oldest(e);
-    int64_t floor = foreign ? st.count : lo;  // one past the newest position overwritten
-    for (int64_t pos = lo; pos < st.count && !foreign; ++pos)
-      if (stamps_[e * cfg_.ring + pos % cfg_.ring] != pos) floor = pos + 1;
-    for (int64_t pos = lo; pos < floor && !foreign; ++pos) {  // not held: nothing to count
-      save(e, pos);
-      header(e, pos)->flags = 0;
-      stamps_[e * cfg_.ring + pos % cfg_.ring] = -1;
-    }
-    lost += floor - lo;
-    floor_[e] = floor;
-    if (st.open && floor >= st.count) st.open = 0;  // its last observation is gone too
-    if (st.open) {
-      // Later steps may have continued or ended the episode running then: it runs again.
-      for (int64_t pos = std::max(st.cur_first, floor); pos < st.count; ++pos) {
-        save(e, pos);
-        header(e, pos)->ep_end = kOpen;
-      }
-      if (episode) {  // its last observation had no step yet
-        save(e, st.count - 1);
-        header(e, st.count - 1)->flags = 0;
-        header(e, st.count - 1)->reward = 0.0f;
-      }
-    }
-    st.steps = 0;
-    for (int64_t pos = floor; pos < st.count; ++pos) st.steps += (header(e, pos)->flags & kHasStep) != 0;
-  }
   try {
+    for (int64_t e = 0; e < cfg_.num_envs; ++e) {
+      StreamState& st = streams_[e];
+      const int64_t lo = oldest(e);
+      int64_t floor = foreign ? st.count : lo;  // one past the newest position overwritten
+      for (int64_t pos = lo; pos < st.count && !foreign; ++pos) {
+        const int64_t stamp = stamps_[e * cfg_.ring + pos % cfg_.ring];
+        // Older data than the state says was written (-1: dropped by an earlier resume).
+        if (stamp >= 0 && stamp < pos)
+          throw std::invalid_argument("replay state is corrupt: it is ahead of the file at env " +
+                                      std::to_string(e) + ", position " + std::to_string(pos));
+        if (stamp != pos) floor = pos + 1;
+      }
+      for (int64_t pos = lo; pos < floor && !foreign; ++pos) {  // not held: nothing to count
+        save(e, pos);
+        header(e, pos)->flags = 0;
+        stamps_[e * cfg_.ring + pos % cfg_.ring] = -1;
+      }
+      lost += floor - lo;
+      floor_[e] = floor;
+      if (st.open && floor >= st.count) st.open = 0;  // its last observation is gone too
+      if (st.open) {
+        // Later steps may have continued or ended the episode running then: it runs again.
+        for (int64_t pos = std::max(st.cur_first, floor); pos < st.count; ++pos) {
+          save(e, pos);
+          header(e, pos)->ep_end = kOpen;
+        }
+        if (episode) {  // its last observation had no step yet
+          save(e, st.count - 1);
+          header(e, st.count - 1)->flags = 0;
+          header(e, st.count - 1)->reward = 0.0f;
+        }
+      }
+      st.steps = 0;
+      for (int64_t pos = floor; pos < st.count; ++pos)
+        st.steps += (header(e, pos)->flags & kHasStep) != 0;
+    }
     check_integrity();
   } catch (...) {
     for (auto it = undo.rbegin(); it != undo.rend(); ++it) {  // a slot saved twice: oldest last
