@@ -91,7 +91,7 @@ def test_mujoco_warnings_go_to_stderr_once_each_and_no_log_file(tmp_path, monkey
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="the crash needs triton, which CUDA builds of torch bring")
-def test_pixel_env_then_torch_compiler_does_not_crash():
+def test_pixel_env_then_torch_compiler_does_not_crash(tmp_path):
     # A torch optimizer or compile imports triton; triton loaded after Mesa's software
     # renderer crashed the process (SIGSEGV) until make_env imported it first.
     pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
@@ -100,6 +100,6 @@ def test_pixel_env_then_torch_compiler_does_not_crash():
             "obs, _ = env.reset(seed=0); obs, *_ = env.step(np.zeros(6)); "
             "import torch._dynamo, triton; print(obs.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)  # not the source tree (no compiled core)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(3, 32, 32)"

@@ -221,7 +221,8 @@ def test_a_process_killed_while_creating_the_file_leaves_nothing_refused(tmp_pat
     d = tmp_path / "buf"
     code = f"from fastsac import ReplayBuffer; ReplayBuffer(64, (2,), (1,), path={str(d)!r})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, LD_PRELOAD=str(shim)), timeout=120)
+                          env=dict(os.environ, LD_PRELOAD=str(shim)), timeout=120,
+                          cwd=tmp_path)  # not the source tree, which has no compiled core
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert os.listdir(d) == ["slots.new"]  # killed in the middle of making the file
     buf, ref = make_pair(**CFG, storage="episode", seed=3, path=d)  # it is made again
