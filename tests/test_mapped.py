@@ -77,6 +77,38 @@ def test_a_resume_drops_the_slots_written_after_its_checkpoint(tmp_path, storage
     check_against_reference(resumed, at_checkpoint, draws=20)
 
 
+def test_a_file_out_of_the_page_cache_samples_the_same_batches(tmp_path):
+    """Sampling from a file that is not in memory first asks for every draw's slots (read-ahead
+    hints); the batches are the same as from the cached file."""
+    # Frames of 192 KiB: a loaded file maps its headers' neighbourhoods (the kernel maps up
+    # to 64 KiB around a fault), and the middles of such records stay out of it.
+    buf = ReplayBuffer(300, (3, 256, 256), (2,), obs_dtype=np.uint8, frame_stack=2, n_step=3,
+                       seed=5, path=tmp_path)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (20, 3, 256, 256), dtype=np.uint8)
+    for t in range(340):  # the ring wraps: draws near both ends of the file
+        buf.add(frames[t % 20], rng.uniform(-1, 1, 2), float(t), frames[(t + 1) % 20],
+                False, t % 100 == 99)
+    buf.save(tmp_path / "book.npz")
+    buf.close()
+    def evict() -> None:  # the file's pages that no mapping holds
+        fd = os.open(tmp_path / "slots", os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+    batches = {}
+    for cache in ("cached", "cold"):
+        if cache == "cold":
+            evict()
+        loaded = ReplayBuffer.load(tmp_path / "book.npz")  # reads the file's headers
+        if cache == "cold":
+            evict()  # all but the neighbourhoods of the headers
+        batches[cache] = [loaded.sample(32).clone() for _ in range(3)]
+        loaded.close()
+    for got, want in zip(batches["cold"], batches["cached"]):
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 @pytest.mark.parametrize("damage", ["episode start", "ahead of the file"])
 def test_a_damaged_state_changes_neither_the_file_nor_the_buffer(tmp_path, damage):
     """A checkpoint whose counters pass their own checks but not the slots' (a damaged one):

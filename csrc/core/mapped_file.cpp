@@ -185,6 +185,23 @@ void MappedFile::set_generation(uint64_t generation) {
 void MappedFile::flush() const {
   if (::msync(base_, len_, MS_SYNC) != 0) os_error(path_, "cannot write to disk", errno);
 }
+
+namespace {
+constexpr uintptr_t kPage = 4096;
+}  // namespace
+
+bool MappedFile::resident(const uint8_t* p) const {
+  unsigned char in_memory = 1;
+  void* page = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(kPage - 1));
+  if (::mincore(page, kPage, &in_memory) != 0) return true;  // unknown: no hints
+  return (in_memory & 1) != 0;
+}
+
+void MappedFile::will_need(const uint8_t* p, size_t len) const {
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(p) & ~(kPage - 1);
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(p) + len;
+  ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);  // a hint: errors ignored
+}
 #else
 MappedFile::MappedFile(const std::string& path, const FileLayout&, size_t) : path_(path) {
   throw std::runtime_error(path + ": file-backed replay needs Linux");
@@ -193,6 +210,8 @@ MappedFile::~MappedFile() = default;
 uint64_t MappedFile::generation() const { return 0; }
 void MappedFile::set_generation(uint64_t) {}
 void MappedFile::flush() const {}
+bool MappedFile::resident(const uint8_t*) const { return true; }
+void MappedFile::will_need(const uint8_t*, size_t) const {}
 #endif
 
 }  // namespace fastsac

@@ -44,6 +44,11 @@ class MappedFile {
   bool created() const { return created_; }
   // Writes every dirty page to the disk and waits (msync).
   void flush() const;
+  // Whether the page holding `p` (inside the mapping) is in memory (mincore).
+  bool resident(const uint8_t* p) const;
+  // Starts reading the pages of [p, p + len) from the disk without waiting (MADV_WILLNEED):
+  // faults on them later find them read, or in flight together rather than one at a time.
+  void will_need(const uint8_t* p, size_t len) const;
 
  private:
   void open_existing(const FileLayout& layout);

@@ -203,6 +203,8 @@ class ReplayCore {
   bool sampleable(int64_t env, int64_t pos) const;
   int64_t num_sampleable_locked() const;
   void gather_one(const Draw& d, int64_t row, const SampleOut& out) const;
+  template <class RecordOf>
+  void advise_cold_draws(const RecordOf& record_of) const;
 
   ReplayConfig cfg_;
   int64_t frame_offset_ = 0;

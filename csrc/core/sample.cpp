@@ -150,6 +150,27 @@ __attribute__((always_inline)) inline void ReplayCore::gather_one(const Draw& d,
   }
 }
 
+template <class RecordOf>
+void ReplayCore::advise_cold_draws(const RecordOf& record_of) const {
+  // Where the file is not in the page cache, each draw would fault its slots in one read at a
+  // time (validation reads the headers serially): ask for all of them first, so that the disk
+  // reads them together. A few resident draws mean a cached file: no hints, no syscalls. The
+  // probe is the middle of a record, away from the headers a resume's integrity check reads.
+  const size_t probes = std::min<size_t>(draws_.size(), 4);
+  bool cold = false;
+  for (size_t i = 0; i < probes && !cold; ++i)
+    cold = !file_->resident(record_of(draws_[i]) + stride_ / 2);
+  if (!cold) return;
+  const int64_t before = cfg_.frame_stack - 1;  // the stack's earlier frames
+  const int64_t after = cfg_.n_step;            // the n-step window, to next_obs
+  for (const Draw& d : draws_) {
+    const int64_t lo = std::max<int64_t>(0, d.slot - before);
+    const int64_t hi = std::min<int64_t>(cfg_.ring - 1, d.slot + after);
+    file_->will_need(data_ + (d.env * cfg_.ring + lo) * stride_,
+                     static_cast<size_t>((hi - lo + 1) * stride_));
+  }
+}
+
 void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
   std::lock_guard<std::recursive_mutex> lock(mutex_);
   if (data_ == nullptr) throw std::invalid_argument("the buffer is closed");
@@ -192,6 +213,7 @@ void ReplayCore::sample(int64_t batch, const SampleOut& out, int num_threads) {
     d = draw();
     __builtin_prefetch(record_of(d));
   }
+  if (file_) advise_cold_draws(record_of);
 
   // Then prefetch a fixed distance ahead so the cache misses of many draws overlap. Small records
   // (vectors): the step's and the next step's whole records; large ones (images): the header.
