@@ -121,10 +121,7 @@ class RenderedObservation(gym.ObservationWrapper):
         super().__init__(env)
         self.render_seconds = 0.0  # spent rendering observations, for `fastsac bench train`
         if not full_render:
-            model = env.unwrapped.model
-            model.vis.quality.shadowsize = 0
-            model.vis.quality.offsamples = 0  # read when the offscreen buffer is made
-            model.mat_reflectance[:] = 0  # no second pass for a reflecting floor
+            fast_render(env.unwrapped.model)
         frame = self._frame(env)
         self.observation_space = spaces.Box(0, 255, frame.shape, np.uint8)
         self._viewer = getattr(env.unwrapped.mujoco_renderer, "viewer", None)  # the render's
@@ -200,6 +197,25 @@ def prepare_rendering() -> None:
             pass
 
 
+def make_rendered(env_id: str, size: int) -> gym.Env:
+    """``env_id`` rendering ``size`` x ``size`` RGB frames. The model's "track" camera follows
+    the body; without a camera named, gymnasium 1.4 renders a free camera that stays where it
+    started (HalfCheetah left the frame within 5 m). A model without a "track" camera, or an
+    env that takes no ``camera_name``, gets the free camera."""
+    kwargs = dict(render_mode="rgb_array", width=size, height=size)
+    try:
+        return gym.make(env_id, camera_name="track", **kwargs)
+    except TypeError:  # an env that does not take camera_name
+        return gym.make(env_id, **kwargs)
+
+
+def fast_render(model) -> None:
+    """A MuJoCo model's rendering without shadows, reflections and multisampling."""
+    model.vis.quality.shadowsize = 0
+    model.vis.quality.offsamples = 0  # read when the offscreen buffer is made
+    model.mat_reflectance[:] = 0  # no second pass for a reflecting floor
+
+
 def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
              full_render: bool = False) -> gym.Env:
     """One env: ``env_id`` as gymnasium makes it ("module:id" imports the module first), or
@@ -215,14 +231,7 @@ def make_env(env_id: str, pixels: bool = False, image_size: int = 84,
     if not pixels:
         return gym.make(env_id)
     prepare_rendering()
-    # The model's "track" camera follows the body. Without a camera named, gymnasium 1.4
-    # renders a free camera that stays where it started: HalfCheetah left the frame within
-    # 5 m. A model without a "track" camera gets the free camera.
-    kwargs = dict(render_mode="rgb_array", width=image_size, height=image_size)
-    try:
-        env = gym.make(env_id, camera_name="track", **kwargs)
-    except TypeError:  # an env that does not take camera_name
-        env = gym.make(env_id, **kwargs)
+    env = make_rendered(env_id, image_size)
     if not hasattr(env.unwrapped, "model"):
         raise ValueError(f"pixels=True renders MuJoCo tasks; {env_id} is not one")
     return RenderedObservation(env, full_render)

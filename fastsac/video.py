@@ -18,7 +18,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from fastsac.envs import FrameStack, make_env, prepare_rendering
+from fastsac.envs import FrameStack, fast_render, make_env, make_rendered, prepare_rendering
 from fastsac.sac import SAC
 
 
@@ -62,21 +62,13 @@ def _render_env(env_id: str, size: int, full_render: bool) -> gym.Env:
     reflections and multisampling unless ``full_render``, as the pixel observations)."""
     if "mujoco" in str(gym.spec(env_id.rpartition(":")[2]).entry_point):
         prepare_rendering()
-    kwargs = dict(render_mode="rgb_array", width=size, height=size)
-    env = None
-    for extra in ({"camera_name": "track"}, {}):
-        try:
-            env = gym.make(env_id, **kwargs, **extra)
-            break
-        except TypeError:
-            continue
-    if env is None:
+    try:
+        env = make_rendered(env_id, size)
+    except TypeError:  # an env that takes no width and height
         env = gym.make(env_id, render_mode="rgb_array")
     model = getattr(env.unwrapped, "model", None)
     if model is not None and not full_render:
-        model.vis.quality.shadowsize = 0
-        model.vis.quality.offsamples = 0
-        model.mat_reflectance[:] = 0
+        fast_render(model)
     return env
 
 
