@@ -85,6 +85,10 @@ def test_workers_fill_their_streams_and_get_newer_weights(local_ray, tmp_path):
     cfg = config(tmp_path)
     trainer = make_trainer(cfg)
     seen = spy_on_chunks(trainer)
+    # Both actors up before the run: on a loaded machine one can take longer to start than
+    # the other needs to collect every step.
+    trainer.start()
+    ray.get([w.started for w in trainer.pool.workers])
     result = trainer.run()
     assert trainer.step >= cfg.total_steps
     assert trainer.step == sum(c["steps"] for c in seen) == len(result.buffer)
