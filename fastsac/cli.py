@@ -34,7 +34,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
-    return 0
+    failed = [r["case"] for r in report["rows"] if r.get("error")]
+    if failed:
+        print(f"{len(failed)} part(s) of the bench failed: their errors are above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from fastsac import cli
+from fastsac.bench import gpu
 
 EXPECTED = ("vector sample", "image sample, batch", "image sample vs seed uint8",
             "image gather bandwidth", "memcpy bandwidth (np.copyto", "memcpy bandwidth (32.5",
@@ -88,6 +89,28 @@ def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch)
     assert {"vector sample(256)", "image sample(256)", "pixel update/s"} <= set(cases)
     for r in rows:
         assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
+
+
+def test_a_failing_part_of_the_gpu_bench_leaves_the_others_and_fails_the_command(
+        tmp_path, monkeypatch, capsys):
+    def broken(device, quick):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+    monkeypatch.setattr(gpu, "_pixel_rows", broken)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "gpu.json"
+    assert cli.main(["bench", "gpu", "--quick", "--json", str(out)]) == 1
+    rows = json.loads(out.read_text())["rows"]
+    failed = [r for r in rows if r.get("error")]
+    assert [r["case"] for r in failed] == [
+        "gpu pixel updates: FAILED, RuntimeError: CUDA error: operation not permitted when "
+        "stream is capturing"]
+    assert "in broken" in failed[0]["error"] and failed[0]["fastsac"] is None
+    cases = [r["case"].split(" on ")[0].split(" to ")[0] for r in rows]
+    assert {"SAC update/s", "vector sample(256)", "image sample(256)"} <= set(cases)
+    assert "pixel update/s" not in cases
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "in broken" in captured.err
+    assert "1 part(s) of the bench failed" in captured.err
 
 
 def test_bench_workers_quick(tmp_path, monkeypatch):

@@ -14,13 +14,18 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
 
 Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is counted.
 ``--quick`` uses tiny sizes and, without a GPU, runs on the CPU: it checks the code, not speed.
+A part that raises gives one failed row (its traceback logged) and the others still run: the
+first run on a GPU then shows every part that works and every error, not just the first.
 """
 
 from __future__ import annotations
 
-import tempfile
 import re
+import tempfile
+import traceback
 import warnings
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -159,9 +164,22 @@ def run(quick: bool = False) -> list[dict]:
         device = torch.device("cpu")  # a dry run of the code
     else:
         raise SystemExit("fastsac bench gpu needs a CUDA GPU (--quick runs it on the CPU)")
-    rows = _update_rows(device, quick)
-    rows += _sample_rows(device, quick)
-    rows += _pixel_rows(device, quick)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
-        rows += _train_rows(device, quick, Path(tmp))
+        for name, part in (("updates", _update_rows), ("sampling", _sample_rows),
+                           ("pixel updates", _pixel_rows),
+                           ("training", partial(_train_rows, tmp=Path(tmp)))):
+            rows += _part(name, partial(part, device, quick))
     return rows
+
+
+def _part(name: str, rows: Callable[[], list[dict]]) -> list[dict]:
+    """``rows()``, or where it raises one row that names the part and its error."""
+    try:
+        return rows()
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the exit status and JSON
+        trace = traceback.format_exc()
+        log(f"gpu: {name} failed\n{trace}")
+        first = (str(exc).splitlines() or [""])[0][:160]
+        return [row(f"gpu {name}: FAILED, {type(exc).__name__}: {first}", "", None, None,
+                    lower_is_better=False, error=trace)]
