@@ -21,6 +21,18 @@ def check_count(name: str, value) -> int:
     return n
 
 
+def torch_device(value) -> torch.device:
+    """``device`` as a torch.device; "cuda" with the index of the current GPU, which is what
+    the device of every tensor made on it says (``cuda != cuda:0`` in torch)."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must name a torch device, got {value!r}") from exc
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def shape(name: str, value) -> tuple[int, ...]:
     """A shape given as an int or a sequence of positive ints."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

@@ -29,6 +29,7 @@ from fastsac._validate import (
     check_count,
     obs_dtype_of,
     shape,
+    torch_device,
     torch_dtype,
 )
 from fastsac.batch import Batch
@@ -109,7 +110,7 @@ class ReplayBuffer(BufferPersistence):
         if ring < min_ring:
             raise ValueError(f"capacity must be >= {min_ring * self.num_envs} (at least {min_ring} "
                              f"per env for storage={storage!r}), got {capacity}")
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
         if pin_memory and not torch.cuda.is_available():

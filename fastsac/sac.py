@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from fastsac._graph import GraphedUpdate
 from fastsac._io import atomic_write
 from fastsac._optim import FusedAdam
+from fastsac._validate import torch_device
 from fastsac.batch import Batch
 from fastsac.config import SACConfig
 from fastsac.networks import (
@@ -63,7 +64,7 @@ class SAC:
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.action_shape = tuple(int(d) for d in action_shape)
         self.config = config
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         if config.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
         self.pixels = len(self.obs_shape) == 3

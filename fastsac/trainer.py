@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from fastsac._checkpoint import Checkpoints
 from fastsac._runlog import MetricsLog, plot_run
 from fastsac._trainer_state import TrainerCheckpoints
+from fastsac._validate import torch_device
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import TrainConfig, read_run_config, resumed_config
 from fastsac.envs import make_env
@@ -43,10 +44,10 @@ class TrainResult:
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but torch sees no CUDA GPU")
-    return torch.device(device)
+    return torch_device(device)
 
 
 class Trainer(TrainerCheckpoints):

@@ -690,6 +690,19 @@ def test_sampling_into_given_tensors_writes_the_same_batch(kind, device):
     assert all(bytes_equal(got[f], want[f]).all() for f in Batch._fields)
 
 
+def test_cuda_means_the_current_gpu_as_the_tensors_made_on_it_say(monkeypatch):
+    """Tensors on "cuda" report cuda:N, and torch.device("cuda") != torch.device("cuda:0"):
+    a buffer that kept the bare name refused every out= batch made on its own device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    for given, want in (("cuda", "cuda:2"), ("cuda:1", "cuda:1"), (torch.device("cuda"), "cuda:2"),
+                        ("cpu", "cpu")):
+        buf = ReplayBuffer(**CFG, device=given, pin_memory=False)
+        assert buf.device == torch.device(want), given
+    with pytest.raises(ValueError, match="device must name a torch device, got 'gpu'"):
+        ReplayBuffer(**CFG, device="gpu")
+
+
 def test_sampling_into_the_wrong_tensors_is_refused_by_name_and_draws_nothing():
     buf, _, _ = filled()
     good = Batch(*(torch.zeros_like(t) for t in buf.sample(4)))
