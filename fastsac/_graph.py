@@ -62,7 +62,10 @@ class GraphedUpdate:
                         t.zero_()
             torch.cuda.set_rng_state(rng, self.device)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # On the agent's device (torch's default capture stream belongs to the GPU current
+            # when it was first made). "thread_local": a prefetch thread filling the next batch
+            # meanwhile may allocate and synchronise; only this thread's calls are captured.
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.metrics = self.update_fn(self.static)
             # Replays draw from the generator's state when they run: start them where the
             # warm-up started, as the update without a graph would.
