@@ -50,9 +50,11 @@ class FusedAdam:
         optimiser runs (``_RUN_FLAGS``): a checkpoint of a CUDA-graph run (capturable) loads
         into a plain agent and back.
 
-        Where this optimiser already holds state of the same shapes, the loaded values are
-        copied into its tensors: a captured CUDA graph holds their addresses and keeps stepping
-        them. Otherwise torch's own load replaces them (``step`` re-caches).
+        Where this optimiser already holds state of the same shapes and the same
+        hyper-parameters, the loaded values are copied into its tensors: a captured CUDA graph
+        holds their addresses and keeps stepping them. Otherwise torch's own load replaces
+        them (``step`` re-caches), which tells the owner of a graph to capture again: the
+        graph holds the hyper-parameters it was captured with as kernel arguments.
         """
         (group,) = self.optim.param_groups
         flags = {k: group[k] for k in _RUN_FLAGS if k in group}
@@ -68,6 +70,9 @@ class FusedAdam:
         if len(state["param_groups"]) != 1 or state["param_groups"][0]["params"] \
                 != list(range(len(params))):
             return False
+        hyper = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+        if hyper != {k: v for k, v in group.items() if k != "params"}:
+            return False
         pairs = []
         for i, p in enumerate(params):
             mine, theirs = self.optim.state.get(p), state["state"].get(i)
@@ -81,7 +86,6 @@ class FusedAdam:
         with torch.no_grad():
             for t, loaded in pairs:
                 t.copy_(loaded)
-        group.update({k: v for k, v in state["param_groups"][0].items() if k != "params"})
         return True
 
     def step(self) -> None:
