@@ -362,11 +362,13 @@ def test_cuda_graph_update_equals_the_ungraphed_update():
 
 
 @CUDA
-def test_loading_a_state_into_a_captured_graph_is_what_the_graph_steps():
+@pytest.mark.parametrize("lr", [3e-4, 1e-2])  # the agents' own, and one the graph must adopt
+def test_loading_a_state_into_a_captured_graph_is_what_the_graph_steps(lr):
     plain, graphed = _plain_and_graphed()
     _update_both(plain, graphed, range(5))  # captured
     torch.manual_seed(11)
-    other = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cuda")
+    other = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, actor_lr=lr, critic_lr=lr, alpha_lr=lr),
+                device="cuda")
     other.update(Batch(*(t.cuda() for t in fixed_batch(3))))
     state = other.state_dict()
     plain.load_state_dict(state)
@@ -384,9 +386,10 @@ def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
 
 
 @CUDA
-def test_act_on_cuda_equals_act_on_the_cpu():
+def test_act_on_cuda_equals_act_on_the_cpu(monkeypatch):
     """act() on CUDA goes through pinned staging reused between calls: each call's action is
     its own, for one observation and for a batch, vector and pixels."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # CPU-like convolutions
     for obs_shape, dtype in (((OBS,), np.float32), ((9, 84, 84), np.uint8)):
         cfg = SACConfig(hidden=HIDDEN, feature_dim=8)
         torch.manual_seed(12)

@@ -486,6 +486,27 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
     assert all(any(e is c for c in closed) for e in made)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("env, pixels", [("Pendulum-v1", {}),
+                                         ("fastsac/PointMass-v0", dict(frame_stack=3))])
+def test_training_on_cuda_with_a_graph_and_prefetch(tmp_path, env, pixels):
+    """The CUDA loop as `fastsac train --device cuda` runs it: batches prefetched into the
+    graph's inputs, the update replayed, act() through pinned staging."""
+    cfg = quick(tmp_path, env=env, device="cuda", total_steps=500, checkpoint_every=500,
+                sac=dataclasses.replace(TINY, cuda_graph=True), **pixels)
+    trainer = make_trainer(cfg)
+    assert trainer.prefetch and trainer.buffer.device == trainer.agent.device
+    result = trainer.run()
+    updates = cfg.total_steps - cfg.learning_starts + 1  # from the step learning starts at
+    assert result.agent.updates == updates and result.agent.input_batch() is not None
+    for p in result.agent.modules["critic"].parameters():
+        assert torch.isfinite(p).all()
+    losses = [v for _, v in read_metrics(result.run_dir / "metrics.csv")["loss/critic"]]
+    assert len(losses) == cfg.total_steps // cfg.log_every and np.isfinite(losses).all()
+    resumed = make_trainer(dataclasses.replace(cfg, total_steps=600), resume=result.run_dir)
+    assert resumed.run().agent.updates == updates + 100
+
+
 def test_these_tests_train_on_the_cpu_even_where_cuda_is_available(tmp_path, monkeypatch):
     """Their bit-exact resumes and .numpy() reads hold on the CPU; "auto" would pick a GPU."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
