@@ -113,9 +113,15 @@ class SAC:
         # One vector observation on the CPU: the actor in numpy (NumpyActor).
         self._numpy_actor = NumpyActor(self.modules["actor"]) \
             if self.device.type == "cpu" and not self.pixels else None
-        self._graphed = GraphedUpdate(self._update, self._mutable_state, self.device) \
-            if self.config.cuda_graph else None
+        self._graphed = self._new_graph() if self.config.cuda_graph else None
         self._act_staging: dict[tuple, _ActStaging] = {}  # CUDA: by observation batch shape
+
+    def _new_graph(self) -> GraphedUpdate:
+        # TorchScript's profiling executor compiles a function after its first calls, and
+        # again for each new input signature its guards meet (2 + 10 times at most, torch's
+        # default fusion strategy); no kernel may be compiled while the graph is captured.
+        warmup = 12 if self.config.compile == "jit" else 3
+        return GraphedUpdate(self._update, self._mutable_state, self.device, warmup=warmup)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
@@ -267,7 +273,7 @@ class SAC:
         if self._graphed is not None and before != [id(t) for t in self._mutable_state()]:
             # New optimiser state tensors (there were none of these shapes to copy into): a
             # captured graph would go on stepping the old ones, so capture again.
-            self._graphed = GraphedUpdate(self._update, self._mutable_state, self.device)
+            self._graphed = self._new_graph()
 
     def save(self, path: str | os.PathLike) -> None:
         """Everything needed to continue training, written atomically."""
