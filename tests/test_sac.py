@@ -386,10 +386,9 @@ def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
 
 
 @CUDA
-def test_act_on_cuda_equals_act_on_the_cpu(monkeypatch):
+def test_act_on_cuda_equals_act_on_the_cpu():
     """act() on CUDA goes through pinned staging reused between calls: each call's action is
     its own, for one observation and for a batch, vector and pixels."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # CPU-like convolutions
     for obs_shape, dtype in (((OBS,), np.float32), ((9, 84, 84), np.uint8)):
         cfg = SACConfig(hidden=HIDDEN, feature_dim=8)
         torch.manual_seed(12)
@@ -402,9 +401,12 @@ def test_act_on_cuda_equals_act_on_the_cpu(monkeypatch):
         first, batch = gpu.act(obs[0], True), gpu.act(obs, True)
         second = gpu.act(obs[1], True)
         assert first.shape == (ACT,) and batch.shape == (5, ACT)
-        np.testing.assert_allclose(first, cpu.act(obs[0], True), atol=1e-4)
-        np.testing.assert_allclose(second, cpu.act(obs[1], True), atol=1e-4)
-        np.testing.assert_allclose(batch, cpu.act(obs, True), atol=1e-4)
+        # cuDNN convolutions run in TF32 by default (1e-4 off here); these observations'
+        # actions differ from each other by 3.5e-3 or more, so a stale one still fails.
+        atol = 5e-4 if dtype == np.uint8 else 1e-4
+        np.testing.assert_allclose(first, cpu.act(obs[0], True), atol=atol)
+        np.testing.assert_allclose(second, cpu.act(obs[1], True), atol=atol)
+        np.testing.assert_allclose(batch, cpu.act(obs, True), atol=atol)
         assert np.all(np.abs(gpu.act(obs)) <= 1)
 
 

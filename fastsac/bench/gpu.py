@@ -15,7 +15,8 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
 Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is counted.
 ``--quick`` uses tiny sizes and, without a GPU, runs on the CPU: it checks the code, not speed.
 A part that raises gives one failed row (its traceback logged) and the others still run: the
-first run on a GPU then shows every part that works and every error, not just the first.
+first run on a GPU then shows every part that works and every error, not just the first. Each
+part's rows are logged when it ends.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from fastsac.batch import Batch
 from fastsac.bench import buffer as bench_buffer
 from fastsac.bench import train as bench_train
 from fastsac.bench import update as bench_update
-from fastsac.bench._util import block, interleaved, log, median, row
+from fastsac.bench._util import block, format_table, interleaved, log, median, row
 from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
 from fastsac.buffers import ReplayBuffer
@@ -174,9 +175,12 @@ def run(quick: bool = False) -> list[dict]:
 
 
 def _part(name: str, rows: Callable[[], list[dict]]) -> list[dict]:
-    """``rows()``, or where it raises one row that names the part and its error."""
+    """``rows()``, or where it raises one row that names the part and its error. Logged as
+    they come, so a run stopped by its time limit keeps the parts it finished."""
     try:
-        return rows()
+        done = rows()
+        log(f"gpu: {name} done\n{format_table(done)}")
+        return done
     except Exception as exc:  # noqa: BLE001 - reported in the table, the exit status and JSON
         trace = traceback.format_exc()
         log(f"gpu: {name} failed\n{trace}")
