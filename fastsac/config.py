@@ -184,6 +184,10 @@ class TrainConfig:
     """Where config.json, metrics.csv, the plot and checkpoints go ("": runs/ENV-TIME)."""
     device: str = "auto"
     """"auto" (CUDA when there is a GPU), "cpu" or "cuda"."""
+    num_threads: int = 0
+    """CPU threads for torch's operations in this process (torch.set_num_threads); 0: torch's
+    default, one per core. Runs that share a machine's cores run faster with their share each
+    than with all of them: two runs on 2 cores, 1 each (BENCHMARKS.md)."""
     progress: bool = True
     """Show a tqdm progress bar."""
     sac: SACConfig = field(default_factory=SACConfig)
@@ -195,7 +199,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_starts", "eval_every", "eval_episodes", "checkpoint_every",
-                     "video_every"):
+                     "video_every", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.buffer_size is not None and self.buffer_size < 1:
@@ -274,7 +278,7 @@ def with_preset(name: str, **overrides) -> TrainConfig:
 
 
 RESUME_MAY_CHANGE = ("total_steps", "progress", "ray_address", "keep_checkpoints",
-                     "tensorboard", "video_every", "video_size", "video_observed")
+                     "tensorboard", "video_every", "video_size", "video_observed", "num_threads")
 
 
 def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

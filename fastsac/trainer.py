@@ -59,6 +59,8 @@ class Trainer(TrainerCheckpoints):
         self.run_dir = run_dir
         self.device = _resolve_device(config.device)
         c = config
+        if c.num_threads:
+            torch.set_num_threads(c.num_threads)  # process-wide, as the option says
         self.pool = None  # the env workers, with ``workers``
         self.runner: EnvRunner | None = None  # the envs in this process, without
         self._eval_env: gym.Env | None = None  # built at the first evaluation, then kept

@@ -30,6 +30,11 @@ def test_a_string_option_outside_its_choices_is_refused_by_name(cls, name, value
         cls(**{name: value})
 
 
+def test_a_negative_thread_count_is_refused_by_name():
+    with pytest.raises(ValueError, match="num_threads must be >= 0, got -1"):
+        TrainConfig(num_threads=-1)
+
+
 def test_a_config_survives_its_dict_and_unknown_keys_are_refused():
     cfg = TrainConfig(env="Hopper-v5", num_envs=3, sac=SACConfig(hidden=[64, 32], tau=0.01))
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # hidden comes back as a tuple
@@ -45,7 +50,7 @@ def test_resume_may_change_only_its_listed_fields_and_the_run_dir():
     assert resumed.run_dir == "runs/a"  # kept; make_trainer runs in the directory it resumes
     assert set(RESUME_MAY_CHANGE) == {"total_steps", "progress", "ray_address", "keep_checkpoints",
                                       "tensorboard", "video_every", "video_size",
-                                      "video_observed"}
+                                      "video_observed", "num_threads"}
     for change in (dict(batch_size=64), dict(sac=SACConfig(tau=0.01))):
         with pytest.raises(ValueError, match=f"resume: {next(iter(change))} was"):
             resumed_config(saved, dataclasses.replace(saved, **change))

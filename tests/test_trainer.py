@@ -507,6 +507,15 @@ def test_training_on_cuda_with_a_graph_and_prefetch(tmp_path, env, pixels):
     assert resumed.run().agent.updates == updates + 100
 
 
+@pytest.mark.parametrize("num_threads, calls", [(0, []), (1, [1])])
+def test_num_threads_sets_torchs_threads_and_0_leaves_them(tmp_path, monkeypatch, num_threads,
+                                                            calls):
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)  # not this process's own
+    make_trainer(quick(tmp_path, num_threads=num_threads)).close()
+    assert seen == calls
+
+
 def test_these_tests_train_on_the_cpu_even_where_cuda_is_available(tmp_path, monkeypatch):
     """Their bit-exact resumes and .numpy() reads hold on the CPU; "auto" would pick a GPU."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
