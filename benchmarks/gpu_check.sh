@@ -40,7 +40,7 @@ echo "+ building fastsac"
 "$py" -m pip install -q --no-build-isolation --no-deps --no-index --upgrade --target "$site" . \
   || exit 1
 nvidia-smi -L 2>/dev/null
-cd /tmp  # so that the source tree does not shadow the installed package
+cd "$(mktemp -d)"  # an empty directory: nothing in it shadows an installed package
 "$py" -c "import torch, fastsac; print('torch', torch.__version__, 'cuda',
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, fastsac.__file__)"
 
