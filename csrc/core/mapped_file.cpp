@@ -135,12 +135,15 @@ void MappedFile::create(const FileLayout& layout, size_t stamp_bytes) {
     ::close(fd_);  // else its creator removed or replaced it before this lock: look again
     fd_ = -1;
   }
-  auto give_up = [&](const char* what, int err) {
+  auto discard = [&] {  // ours and unlinked as `path`: nothing is left behind (lock held)
     if (base_) ::munmap(base_, len_);
     base_ = nullptr;
-    ::unlink(tmp.c_str());  // ours and incomplete: nothing is left behind (lock still held)
+    ::unlink(tmp.c_str());
     ::close(fd_);
     fd_ = -1;
+  };
+  auto give_up = [&](const char* what, int err) {
+    discard();
     os_error(path_, what, err);
   };
   if (::ftruncate(fd_, 0) != 0) give_up("cannot create", errno);  // a killed creator's
@@ -158,11 +161,7 @@ void MappedFile::create(const FileLayout& layout, size_t stamp_bytes) {
   if (::link(tmp.c_str(), path_.c_str()) != 0) {
     const int err = errno;
     if (err != EEXIST) give_up("cannot create", err);
-    ::munmap(base_, len_);  // another buffer made the file meanwhile: open that one
-    base_ = nullptr;
-    ::unlink(tmp.c_str());
-    ::close(fd_);
-    fd_ = -1;
+    discard();  // another buffer made the file meanwhile: the caller opens that one
     return;
   }
   ::unlink(tmp.c_str());

@@ -27,9 +27,9 @@ class MappedFile {
   // blocks allocated so that a full disk fails here rather than in a later write), maps it and
   // locks it for this process. A new file appears at `path` complete (it is made as
   // `path.new`, the name a killed creator's leftover keeps). An existing file must have this
-  // layout. Throws
-  // std::invalid_argument for a file that is not such a replay file or that another buffer
-  // holds, std::runtime_error for what the OS refuses (the message names path and reason).
+  // layout. Throws std::invalid_argument for a file that is not such a replay file or that
+  // another buffer holds, std::runtime_error for what the OS refuses (the message names path
+  // and reason).
   MappedFile(const std::string& path, const FileLayout& layout, size_t slots_bytes);
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
