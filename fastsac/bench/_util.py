@@ -9,21 +9,34 @@ fastsac": baseline/fastsac for times and bytes, fastsac/baseline for rates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fastsac import __version__
+from fastsac.networks import JIT_NOTICE
 
 _T0 = [time.perf_counter()]
+
+
+@contextlib.contextmanager
+def without_jit_notice() -> Iterator[None]:
+    """The benches time TorchScript on purpose: fastsac's notice of its deprecation, which
+    building a compile="jit" agent gives, is left out of their output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
+        yield
 
 
 def start_clock() -> None:

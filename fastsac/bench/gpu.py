@@ -21,10 +21,8 @@ part's rows are logged when it ends.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import traceback
-import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -35,12 +33,12 @@ from fastsac.batch import Batch
 from fastsac.bench import buffer as bench_buffer
 from fastsac.bench import train as bench_train
 from fastsac.bench import update as bench_update
-from fastsac.bench._util import block, format_table, interleaved, log, median, row
+from fastsac.bench._util import (block, format_table, interleaved, log, median, row,
+                                 without_jit_notice)
 from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import SACConfig
-from fastsac.networks import JIT_NOTICE
 from fastsac.sac import SAC
 
 
@@ -50,8 +48,7 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
     if device.type == "cuda":
         configs["graph"] = SACConfig(compile="jit", cuda_graph=True)
     agents = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
+    with without_jit_notice():
         for name, cfg in configs.items():
             torch.manual_seed(0)
             agents[name] = SAC((OBS,), (ACT,), cfg, device)

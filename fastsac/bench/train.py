@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-import re
-import warnings
 from pathlib import Path
 
 import gymnasium as gym
 import torch
 
-from fastsac.bench._util import block, interleaved, log, median, row
+from fastsac.bench._util import block, interleaved, log, median, row, without_jit_notice
 from fastsac.config import SACConfig
-from fastsac.networks import JIT_NOTICE
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.config import TrainConfig
 from fastsac.trainer import Trainer
@@ -34,8 +31,7 @@ SEED_1M_SECONDS = 1 * 3600 + 53 * 60 + 40  # the tutorial's reported 1M-step run
 def _trainer(run_dir: Path, device: str = "cpu", **kw) -> Trainer:
     cfg = TrainConfig(env=ENV, progress=False, eval_episodes=0, checkpoint_every=0,
                       run_dir=str(run_dir), device=device, **kw)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
+    with without_jit_notice():
         trainer = Trainer(cfg, run_dir)
     trainer.start()
     return trainer

@@ -4,17 +4,13 @@ HalfCheetah shapes (obs 17, action 6), hidden (256, 256), batch 256.
 
 from __future__ import annotations
 
-import re
-import warnings
-
 import numpy as np
 import torch
 
-from fastsac.bench._util import interleaved, log, median, row, spread
+from fastsac.bench._util import interleaved, log, median, row, spread, without_jit_notice
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.buffers import ReplayBuffer
 from fastsac.config import SACConfig
-from fastsac.networks import JIT_NOTICE
 from fastsac.sac import SAC
 
 OBS, ACT, BATCH, CAPACITY = 17, 6, 256, 100_000
@@ -41,8 +37,7 @@ def run(quick: bool = False) -> list[dict]:
     torch.manual_seed(0)
     blocks, calls = (3, 5) if quick else (15, 20)
     fast_buf, seed_buf = buffers(2_000 if quick else 10_000)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=re.escape(JIT_NOTICE))
+    with without_jit_notice():
         agent = SAC((OBS,), (ACT,), SACConfig(compile="jit"))
         eager = SAC((OBS,), (ACT,), SACConfig(compile="none"))
     seed = SeedStyleSAC(OBS, ACT)
