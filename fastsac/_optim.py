@@ -61,6 +61,11 @@ class FusedAdam:
         groups = [{**g, **flags} for g in state["param_groups"]]
         state = {**state, "param_groups": groups}
         if not self._copy_into_state(state):
+            # torch's load keeps the given tensors where their device and dtype already fit:
+            # without copies, this optimiser would step the moments of the one it loaded from
+            # (and of every other optimiser loaded from the same state).
+            state["state"] = {i: {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                  for k, v in st.items()} for i, st in state["state"].items()}
             self.optim.load_state_dict(state)
 
     def _copy_into_state(self, state: dict) -> bool:

@@ -122,3 +122,26 @@ def test_a_loaded_state_is_copied_into_the_existing_tensors_unless_its_lr_differ
         _grads(ours, step), _grads(ref_params, step)
         opt.step(), ref.step()
         assert all(torch.equal(p, q) for p, q in zip(ours, ref_params)), step
+
+
+@pytest.mark.parametrize("lr", [1e-2, 0.3])  # copied into existing tensors, or loaded anew
+def test_a_loaded_state_shares_no_tensor_with_the_state_it_came_from(lr):
+    """Two optimisers loaded from one live state (no deepcopy, as ``a.load_state_dict(
+    b.state_dict())`` does) each step their own moments: stepping one changes neither the
+    source nor the other."""
+    source = FusedAdam(_params(5), lr=lr)
+    _grads(source.optim.param_groups[0]["params"], 0)
+    source.step()
+    state = source.state_dict()
+    frozen = copy.deepcopy(state)
+    a, b = FusedAdam(_params(4), lr=1e-2), FusedAdam(_params(4), lr=1e-2)
+    for opt in (a, b):
+        _grads(opt.optim.param_groups[0]["params"], 1)
+        opt.step()
+        opt.load_state_dict(state)
+    _grads(a.optim.param_groups[0]["params"], 2)
+    a.step()
+    for st in (source.state_dict(), b.state_dict()):
+        for i, s in frozen["state"].items():
+            for k, v in s.items():
+                assert torch.equal(st["state"][i][k], v), (i, k)

@@ -147,12 +147,15 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 30, (500, 100))
     sps = bench_train.loop_rates(tmp / "gpu", starts, blocks, calls, device=str(device),
                                  sac=SACConfig(cuda_graph=device.type == "cuda"))
+    split = ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in sps["split"].items())
     return [row(f"training steps/s on {device}, {bench_train.ENV}, after learning starts",
                 "1/s", sps["fastsac"], sps["seed"], lower_is_better=False,
                 target=1000.0 if device.type == "cuda" else None,
                 note="one env, 256x256, batch 256, one update per step; fastsac"
                      + (" with a CUDA graph" if device.type == "cuda" else "")
-                     + ", the seed-style loop with its learner on the same device")]
+                     + ", the seed-style loop with its learner on the same device. fastsac "
+                     f"per step: {split}"
+                     + (" (act includes waiting for the GPU)" if device.type == "cuda" else ""))]
 
 
 def run(quick: bool = False) -> list[dict]:

@@ -64,7 +64,8 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
                device: str = "cpu", sac: SACConfig = SACConfig()) -> dict[str, float]:
     """Training steps/s after learning starts of fastsac's loop (``Trainer.env_step`` +
     ``learn``) and of the seed-style loop, one env each, timed in turn in blocks of ``calls``
-    steps (fastsac's, seed-style's)."""
+    steps (fastsac's, seed-style's); and under "split", fastsac's seconds per step in each of
+    its timers (act, env, buffer, update) over those blocks."""
     torch.manual_seed(0)
     fast = _trainer(tmp, device=device, learning_starts=starts, sac=sac)
     while fast.step < starts:
@@ -75,11 +76,15 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
         fast.learn()
     seed = SeedLoop(256, starts, device=device)
     log(f"train: timing {blocks} blocks of training steps on {device}, {ENV}")
+    before, step0 = dict(fast.timers), fast.step
     t = interleaved({"fastsac": block(fast_step, calls[0], device),
                      "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
+    steps = fast.step - step0
+    split = {k: (fast.timers[k] - before[k]) / steps for k in before}
     fast.close()
     seed.env.close()
-    return {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"])}
+    return {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"]),
+            "split": split}
 
 
 def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
