@@ -46,7 +46,7 @@ def add_options(parser: argparse._ActionsContainer, cls: type, skip: tuple[str, 
         kw: dict = dict(dest=dest_prefix + f.name, default=argparse.SUPPRESS,
                         help=f"{docs.get(f.name, '')} (default: {_show(default)})")
         args = typing.get_args(kind)
-        if kind is bool:
+        if kind is bool or set(args) == {bool, type(None)}:  # (bool | None: None if not typed)
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
             kw.update(nargs="+", type=args[0], metavar="N")

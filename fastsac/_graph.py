@@ -32,7 +32,8 @@ class GraphedUpdate:
             self._capture(batch)
         elif any(s.shape != b.shape for s, b in zip(self.static, batch)):
             raise ValueError("cuda_graph: every batch must have the shape of the first one "
-                             f"({[tuple(s.shape) for s in self.static]})")
+                             f"({[tuple(s.shape) for s in self.static]}); with "
+                             "cuda_graph=False batches may change shape")
         if batch is not self.static:  # (sampled straight into the inputs: nothing to copy)
             for s, b in zip(self.static, batch):
                 s.copy_(b, non_blocking=True)

@@ -64,8 +64,10 @@ class SACConfig:
     """Random-shift augmentation (pad 4, random crop) of pixel obs and next_obs in updates."""
     compile: str = "jit"
     """How the networks run: "jit" (TorchScript), "torch" (torch.compile) or "none" (eager)."""
-    cuda_graph: bool = False
-    """CUDA only: capture the whole update in a CUDA graph and replay it (fixed batch shape)."""
+    cuda_graph: bool | None = None
+    """Capture the whole update in a CUDA graph and replay it, which needs a CUDA device and a
+    fixed batch shape. Not set (None): on where the device is CUDA (the fastest there,
+    BENCHMARKS.md), off elsewhere."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON and argparse give lists

@@ -63,8 +63,10 @@ class SAC:
                  config: SACConfig = SACConfig(), device: str | torch.device = "cpu") -> None:
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.action_shape = tuple(int(d) for d in action_shape)
-        self.config = config
         self.device = torch_device(device)
+        if config.cuda_graph is None:
+            config = dataclasses.replace(config, cuda_graph=self.device.type == "cuda")
+        self.config = config
         if config.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
         self.pixels = len(self.obs_shape) == 3

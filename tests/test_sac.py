@@ -331,6 +331,12 @@ def test_cuda_graph_needs_cuda():
         SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, cuda_graph=True), device="cpu")
 
 
+def test_cuda_graph_left_to_the_device_is_off_on_the_cpu():
+    agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cpu")
+    assert agent.config.cuda_graph is False and agent._graphed is None
+    assert SACConfig().cuda_graph is None
+
+
 def test_a_cuda_graph_checkpoint_loads_on_the_cpu_with_the_graph_off(tmp_path):
     """A GPU-trained agent can be evaluated on a machine without CUDA."""
     torch.manual_seed(8)
@@ -354,7 +360,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def _plain_and_graphed(device="cuda", **cfg):
     cfg = dict(hidden=HIDDEN, **cfg)
     torch.manual_seed(10)
-    plain = SAC((OBS,), (ACT,), SACConfig(**cfg), device=device)
+    plain = SAC((OBS,), (ACT,), SACConfig(**cfg, cuda_graph=False), device=device)
     torch.manual_seed(10)
     graphed = SAC((OBS,), (ACT,), SACConfig(**cfg, cuda_graph=True), device=device)
     return plain, graphed
@@ -408,6 +414,12 @@ def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
     plain, graphed = _plain_and_graphed(device="cuda:1")
     _update_both(plain, graphed, range(5), device="cuda:1")
     _assert_same_parameters(plain, graphed)
+
+
+@CUDA
+def test_cuda_graph_left_to_the_device_is_on_on_cuda():
+    agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cuda")
+    assert agent.config.cuda_graph is True and agent._graphed is not None
 
 
 @CUDA

@@ -15,7 +15,7 @@ import fastsac.runner as runner_module
 import fastsac.trainer as trainer_module
 from fastsac import ReplayBuffer, SACConfig, TrainConfig, train
 from fastsac._runlog import read_metrics
-from fastsac.cli import main
+from fastsac.cli import build_parser, main, train_config
 from fastsac.envs import FrameStack, random_policy_return
 from fastsac.trainer import make_trainer
 
@@ -106,6 +106,13 @@ def test_cli_help_lists_every_option(capsys):
             if f.name != "sac":
                 assert "--" + f.name.replace("_", "-") in text, f.name
     assert "--preset" in text and "--resume" in text
+
+
+@pytest.mark.parametrize("typed, want", [([], None), (["--cuda-graph"], True),
+                                          (["--no-cuda-graph"], False)])
+def test_cli_cuda_graph_is_on_off_or_left_to_the_device(typed, want):
+    args = build_parser().parse_args(["train", *typed])
+    assert train_config(args).sac.cuda_graph is want
 
 
 def test_cli_vector_run_writes_outputs_that_parse(tmp_path):
