@@ -164,6 +164,11 @@ class TrainConfig:
     """Where the replay buffer keeps its frames: "host" (the C++ core's memory; each batch is
     gathered there and copied to the device) or "device" (a tensor on the training device,
     GPU memory with CUDA, where batches are gathered)."""
+    prefetch: bool | None = None
+    """Gather each update's batch in a background thread while the previous update runs (it
+    is then drawn one env step earlier); needs buffer_memory="host". Not set (None): on for
+    image observations on CUDA, where it hides the gather (BENCHMARKS.md), off elsewhere: a
+    vector batch gathers faster than it is handed between threads."""
     buffer_path: str = ""
     """A directory to keep the replay buffer's slots in, in a memory-mapped file allocated up
     front, so that its capacity is bounded by the disk rather than RAM (the page cache keeps
@@ -214,6 +219,9 @@ class TrainConfig:
         check_choice("vector_env", self.vector_env, VECTOR_ENVS)
         if self.buffer_path:  # a resume from another directory must find the same file
             object.__setattr__(self, "buffer_path", os.path.abspath(self.buffer_path))
+        if self.prefetch and self.buffer_memory != "host":
+            raise ValueError("prefetch gathers batches in host memory: it needs "
+                             "buffer_memory='host'")
         if self.buffer_path and self.buffer_memory != "host":
             raise ValueError("buffer_path keeps the frames in a file: it needs "
                              "buffer_memory='host'")

@@ -121,9 +121,8 @@ class Trainer(TrainerCheckpoints):
         self.obs_dtype = np.uint8 if self.pixels else np.float32
         self.frame_shape = obs_space.shape
         capacity = c.buffer_size or (100_000 if self.pixels else 1_000_000)
-        # On CUDA the next batch is gathered and copied while the GPU runs the update (frames
-        # in device memory are gathered there, with nothing to overlap).
-        self.prefetch = self.device.type == "cuda" and c.buffer_memory == "host"
+        self.prefetch = c.prefetch if c.prefetch is not None else (
+            self.pixels and self.device.type == "cuda" and c.buffer_memory == "host")
         self.buffer = ReplayBuffer(
             capacity, self.frame_shape, self.action_shape,
             obs_dtype=self.obs_dtype, num_envs=c.num_streams, frame_stack=c.frame_stack,

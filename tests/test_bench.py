@@ -13,8 +13,8 @@ from fastsac.bench import gpu
 EXPECTED = ("vector sample", "image sample, batch", "image sample vs seed uint8",
             "image gather bandwidth", "memcpy bandwidth (np.copyto", "memcpy bandwidth (32.5",
             "memory per image step vs seed float32", "memory per image step vs seed uint8",
-            "memory per vector step", "vector fill", "image fill", "vector ingest",
-            "image ingest")
+            "memory per vector step", "vector fill", "image fill", "prefetched vector sample",
+            "vector ingest", "image ingest")
 
 
 def test_bench_buffer_quick(tmp_path, capsys):

@@ -35,6 +35,12 @@ def test_a_negative_thread_count_is_refused_by_name():
         TrainConfig(num_threads=-1)
 
 
+def test_prefetch_with_frames_in_device_memory_is_refused_by_name():
+    with pytest.raises(ValueError, match="prefetch .* buffer_memory='host'"):
+        TrainConfig(prefetch=True, buffer_memory="device")
+    TrainConfig(prefetch=False, buffer_memory="device")  # (nothing to prefetch: allowed)
+
+
 def test_a_config_survives_its_dict_and_unknown_keys_are_refused():
     cfg = TrainConfig(env="Hopper-v5", num_envs=3, sac=SACConfig(hidden=[64, 32], tau=0.01))
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # hidden comes back as a tuple

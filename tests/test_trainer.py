@@ -494,15 +494,18 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("env, pixels", [("Pendulum-v1", {}),
-                                         ("fastsac/PointMass-v0", dict(frame_stack=3))])
-def test_training_on_cuda_with_a_graph_and_prefetch(tmp_path, env, pixels):
-    """The CUDA loop as `fastsac train --device cuda` runs it: batches prefetched into the
-    graph's inputs, the update replayed, act() through pinned staging."""
+@pytest.mark.parametrize("env, kw, prefetch", [
+    ("Pendulum-v1", {}, False), ("Pendulum-v1", dict(prefetch=True), True),
+    ("fastsac/PointMass-v0", dict(frame_stack=3), True)])
+def test_training_on_cuda_with_a_graph(tmp_path, env, kw, prefetch):
+    """The CUDA loop as `fastsac train --device cuda` runs it: batches sampled (prefetched,
+    for images by default) into the graph's inputs, the update replayed (the default on CUDA),
+    act() through pinned staging."""
     cfg = quick(tmp_path, env=env, device="cuda", total_steps=500, checkpoint_every=500,
-                sac=dataclasses.replace(TINY, cuda_graph=True), **pixels)
+                **kw)
     trainer = make_trainer(cfg)
-    assert trainer.prefetch and trainer.buffer.device == trainer.agent.device
+    assert trainer.prefetch is prefetch and trainer.buffer.device == trainer.agent.device
+    assert trainer.agent.config.cuda_graph is True
     result = trainer.run()
     updates = cfg.total_steps - cfg.learning_starts + 1  # from the step learning starts at
     assert result.agent.updates == updates and result.agent.input_batch() is not None
@@ -521,6 +524,16 @@ def test_num_threads_sets_torchs_threads_and_0_leaves_them(tmp_path, monkeypatch
     monkeypatch.setattr(torch, "set_num_threads", seen.append)  # not this process's own
     make_trainer(quick(tmp_path, num_threads=num_threads)).close()
     assert seen == calls
+
+
+@pytest.mark.parametrize("prefetch", [None, True])
+def test_prefetch_is_off_on_the_cpu_unless_asked_for(tmp_path, prefetch):
+    cfg = quick(tmp_path, prefetch=prefetch, total_steps=200)
+    trainer = make_trainer(cfg)
+    assert trainer.prefetch is bool(prefetch)
+    assert (trainer.buffer._prefetcher is not None) is bool(prefetch)
+    result = trainer.run()
+    assert result.agent.updates == cfg.total_steps - cfg.learning_starts + 1
 
 
 def test_these_tests_train_on_the_cpu_even_where_cuda_is_available(tmp_path, monkeypatch):

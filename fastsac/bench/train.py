@@ -61,30 +61,39 @@ class SeedLoop:
 
 
 def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
-               device: str = "cpu", sac: SACConfig = SACConfig()) -> dict[str, float]:
+               device: str = "cpu", sac: SACConfig = SACConfig(),
+               variants: dict[str, tuple[dict, bool]] | None = None) -> dict:
     """Training steps/s after learning starts of fastsac's loop (``Trainer.env_step`` +
     ``learn``) and of the seed-style loop, one env each, timed in turn in blocks of ``calls``
     steps (fastsac's, seed-style's); and under "split", fastsac's seconds per step in each of
-    its timers (act, env, buffer, update) over those blocks."""
-    torch.manual_seed(0)
-    fast = _trainer(tmp, device=device, learning_starts=starts, sac=sac)
-    while fast.step < starts:
-        fast.env_step()
+    its timers (act, env, buffer, update) over those blocks.
 
-    def fast_step():
-        fast.env_step()
-        fast.learn()
+    ``variants``: more fastsac loops timed in the same turns, name -> (TrainConfig options,
+    whether ``learn`` comes before ``env_step``, so that the update runs during the env step).
+    """
+    loops = {"fastsac": ({}, False), **(variants or {})}
+    trainers, steps = {}, {}
+    for name, (options, update_first) in loops.items():
+        torch.manual_seed(0)
+        tr = trainers[name] = _trainer(tmp / name, device=device, learning_starts=starts,
+                                       sac=sac, **options)
+        while tr.step < starts:
+            tr.env_step()
+        steps[name] = ((lambda tr=tr: (tr.learn(), tr.env_step())) if update_first else
+                       (lambda tr=tr: (tr.env_step(), tr.learn())))
     seed = SeedLoop(256, starts, device=device)
-    log(f"train: timing {blocks} blocks of training steps on {device}, {ENV}")
+    log(f"train: timing {blocks} blocks of training steps on {device}, {ENV} "
+        f"({', '.join(loops)}, seed)")
+    fast = trainers["fastsac"]
     before, step0 = dict(fast.timers), fast.step
-    t = interleaved({"fastsac": block(fast_step, calls[0], device),
+    t = interleaved({**{k: block(f, calls[0], device) for k, f in steps.items()},
                      "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
-    steps = fast.step - step0
-    split = {k: (fast.timers[k] - before[k]) / steps for k in before}
-    fast.close()
+    split = {k: (fast.timers[k] - before[k]) / (fast.step - step0) for k in before}
+    for tr in trainers.values():
+        tr.close()
     seed.env.close()
-    return {"fastsac": calls[0] / median(t["fastsac"]), "seed": calls[1] / median(t["seed"]),
-            "split": split}
+    return {**{k: calls[0] / median(t[k]) for k in loops},
+            "seed": calls[1] / median(t["seed"]), "split": split}
 
 
 def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
