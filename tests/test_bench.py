@@ -78,7 +78,7 @@ def test_bench_train_quick(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
-def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch):
+def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch, capsys):
     """Without a GPU, --quick is a dry run of the GPU bench's code on the CPU."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gpu.json"
@@ -87,6 +87,10 @@ def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch)
     cases = [r["case"].split(" on ")[0].split(" to ")[0] for r in rows]
     assert cases[:2] == ["SAC update/s"] * 2  # eager and TorchScript (and a graph on CUDA)
     assert {"vector sample(256)", "image sample(256)", "pixel update/s"} <= set(cases)
+    # The end-to-end loop with its defaults and two variants, then its profile (logged).
+    assert cases.count("training steps/s") == 3
+    log = capsys.readouterr().err
+    assert "host time of" in log and "learn" in log and "env_step" in log
     for r in rows:
         assert r["fastsac"] > 0 and math.isfinite(r["fastsac"]), r
 

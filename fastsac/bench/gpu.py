@@ -10,7 +10,9 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
   memory;
 - pixel updates/s (84x84, stack 3, batch 256), eager and CUDA graph;
 - end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
-  fastsac's loop with a CUDA graph against the seed-style loop on the same GPU.
+  fastsac's loop with its defaults (a CUDA graph) and two candidate variants against the
+  seed-style loop on the same GPU, then a profile (torch.profiler) of where the host's time
+  goes in fastsac's loop.
 
 Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is counted.
 ``--quick`` uses tiny sizes and, without a GPU, runs on the CPU: it checks the code, not speed.
@@ -166,6 +168,35 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
                    for k in variants]
 
 
+def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
+    """No rows: logs where the host's time goes in fastsac's training steps, by torch's
+    profiler (self CPU time per op and CUDA runtime call, with env_step and learn marked)."""
+    try:
+        import mujoco  # noqa: F401
+    except ImportError:
+        return []
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    starts, warm, steps = (300, 5, 5) if quick else (5_000, 200, 300)
+    trainer = bench_train._trainer(tmp / "profile", device=str(device), learning_starts=starts)
+    while trainer.step < starts + warm:  # past the graph's capture
+        trainer.env_step()
+        trainer.learn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    log(f"gpu: profiling {steps} training steps on {device}")
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            with record_function("env_step"):
+                trainer.env_step()
+            with record_function("learn"):
+                trainer.learn()
+    trainer.close()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    log(f"gpu: host time of {steps} training steps, by self CPU time\n{table}")
+    return []
+
+
 def run(quick: bool = False) -> list[dict]:
     if torch.cuda.is_available():
         device = torch.device("cuda")
@@ -177,7 +208,8 @@ def run(quick: bool = False) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
         for name, part in (("updates", _update_rows), ("sampling", _sample_rows),
                            ("pixel updates", _pixel_rows),
-                           ("training", partial(_train_rows, tmp=Path(tmp)))):
+                           ("training", partial(_train_rows, tmp=Path(tmp))),
+                           ("profile", partial(_profile_rows, tmp=Path(tmp)))):
             rows += _part(name, partial(part, device, quick))
     return rows
 
