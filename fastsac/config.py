@@ -67,7 +67,7 @@ class SACConfig:
     cuda_graph: bool | None = None
     """Capture the whole update in a CUDA graph and replay it, which needs a CUDA device and a
     fixed batch shape. Not set (None): on where the device is CUDA (the fastest there,
-    BENCHMARKS.md), off elsewhere."""
+    BENCHMARKS.md), off elsewhere and with compile="torch" (not tested under a graph)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON and argparse give lists
@@ -168,7 +168,7 @@ class TrainConfig:
     """Gather each update's batch in a background thread while the previous update runs (it
     is then drawn one env step earlier); needs buffer_memory="host". Not set (None): on for
     image observations on CUDA, where it hides the gather (BENCHMARKS.md), off elsewhere: a
-    vector batch gathers faster than it is handed between threads."""
+    vector batch gathers in microseconds, less than prefetching can cost (BENCHMARKS.md)."""
     buffer_path: str = ""
     """A directory to keep the replay buffer's slots in, in a memory-mapped file allocated up
     front, so that its capacity is bounded by the disk rather than RAM (the page cache keeps

@@ -64,8 +64,10 @@ class SAC:
         self.obs_shape = tuple(int(d) for d in obs_shape)
         self.action_shape = tuple(int(d) for d in action_shape)
         self.device = torch_device(device)
+        self._graph_given = config.cuda_graph  # saved as given: None decides again on load
         if config.cuda_graph is None:
-            config = dataclasses.replace(config, cuda_graph=self.device.type == "cuda")
+            config = dataclasses.replace(config, cuda_graph=self.device.type == "cuda"
+                                         and config.compile != "torch")
         self.config = config
         if config.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs a CUDA device")
@@ -249,7 +251,7 @@ class SAC:
     def state_dict(self) -> dict:
         return {
             "format": FORMAT, "version": VERSION,
-            "config": dataclasses.asdict(self.config),
+            "config": {**dataclasses.asdict(self.config), "cuda_graph": self._graph_given},
             "obs_shape": list(self.obs_shape), "action_shape": list(self.action_shape),
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "log_alpha": self.log_alpha.detach().clone(),

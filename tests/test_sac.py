@@ -331,10 +331,14 @@ def test_cuda_graph_needs_cuda():
         SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, cuda_graph=True), device="cpu")
 
 
-def test_cuda_graph_left_to_the_device_is_off_on_the_cpu():
+def test_cuda_graph_left_to_the_device_is_off_on_the_cpu_and_saved_as_given():
     agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cpu")
     assert agent.config.cuda_graph is False and agent._graphed is None
     assert SACConfig().cuda_graph is None
+    # Saved as given, so that a load on CUDA decides again (an explicit False stays False).
+    assert agent.state_dict()["config"]["cuda_graph"] is None
+    explicit = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, cuda_graph=False), device="cpu")
+    assert explicit.state_dict()["config"]["cuda_graph"] is False
 
 
 def test_a_cuda_graph_checkpoint_loads_on_the_cpu_with_the_graph_off(tmp_path):
@@ -417,9 +421,13 @@ def test_cuda_graph_on_a_gpu_that_is_not_the_current_one():
 
 
 @CUDA
-def test_cuda_graph_left_to_the_device_is_on_on_cuda():
+def test_cuda_graph_left_to_the_device_is_on_on_cuda(tmp_path):
     agent = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cuda")
     assert agent.config.cuda_graph is True and agent._graphed is not None
+    compiled = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, compile="torch"), device="cuda")
+    assert compiled.config.cuda_graph is False  # torch.compile is not tested under a graph
+    SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN), device="cpu").save(tmp_path / "cpu.pt")
+    assert SAC.load(tmp_path / "cpu.pt", "cuda").config.cuda_graph is True
 
 
 @CUDA

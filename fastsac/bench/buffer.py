@@ -128,39 +128,50 @@ def vector_sample_row(v: VectorSetup) -> dict:
                     "fastsac returns views of reused staging, seed-style builds 5 new tensors")
 
 
-def vector_prefetch_row(v: VectorSetup, work_s: float = 200e-6) -> dict:
+def _spin(seconds: float) -> None:
+    """Python work that holds the GIL, as gymnasium's wrappers around an env step do."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def vector_prefetch_rows(v: VectorSetup, work_s: float = 200e-6) -> list[dict]:
     """Host time of a vector ``sample(256)`` into given tensors (as the trainer samples into
     a CUDA graph's inputs) with ``prefetch=True``, next to the same buffer without, with
-    ``work_s`` of Python work between calls, as an env step sits between updates."""
+    ``work_s`` between calls, as an env step sits between updates: Python work that holds
+    the GIL (the prefetch thread then waits for it), or a wait that releases it."""
     pre = ReplayBuffer(**v.fast.config(), prefetch=True)
-    pre.load_state_dict(v.fast.state_dict())
-    bufs = {"prefetch": pre, "direct": v.fast}
-    out = {k: Batch(*(t.clone() for t in b.sample(BATCH))) for k, b in bufs.items()}
-
-    def timed(name: str) -> Callable[[], float]:
-        def calls() -> float:
-            spent = 0.0
-            for _ in range(20):
-                end = time.perf_counter() + work_s
-                while time.perf_counter() < end:  # Python work that holds the GIL
-                    pass
-                t0 = time.perf_counter()
-                bufs[name].sample(BATCH, out=out[name])
-                spent += time.perf_counter() - t0
-            return spent / 20
-        return calls
-    log("vector: timing sample(256) with and without prefetch")
-    fns = {k: timed(k) for k in bufs}
-    t: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(max(5, v.sizes.vector_blocks // 10)):
-        for k, f in fns.items():
-            t[k].append(f())
-    us = 1e6
-    return row(f"prefetched vector sample, batch {BATCH}", "us", median(t["prefetch"]) * us,
-               None, lower_is_better=True,
-               note=f"host time per call into given tensors, {work_s * us:.0f} us of Python "
-                    f"work between calls; without prefetch: {median(t['direct']) * us:.1f} us "
-                    "in the same turns (prefetch hides the gather but hands it between threads)")
+    try:
+        pre.load_state_dict(v.fast.state_dict())
+        bufs = {"prefetch": pre, "direct": v.fast}
+        out = {k: Batch(*(t.clone() for t in b.sample(BATCH))) for k, b in bufs.items()}
+        rows = []
+        kinds = (("Python work", _spin, "Python work (holding the GIL)"),
+                 ("GIL released", time.sleep, "a wait that releases the GIL"))
+        for between, work, what in kinds:
+            def calls(name: str, work=work) -> float:
+                spent = 0.0
+                for _ in range(20):
+                    work(work_s)
+                    t0 = time.perf_counter()
+                    bufs[name].sample(BATCH, out=out[name])
+                    spent += time.perf_counter() - t0
+                return spent / 20
+            log(f"vector: timing sample(256) with and without prefetch, {between} between")
+            t: dict[str, list[float]] = {k: [] for k in bufs}
+            for _ in range(max(5, v.sizes.vector_blocks // 10)):
+                for k in bufs:
+                    t[k].append(calls(k))
+            us = 1e6
+            rows.append(row(
+                f"prefetched vector sample, batch {BATCH}, {between} between calls", "us",
+                median(t["prefetch"]) * us, None, lower_is_better=True,
+                note=f"host time per call into given tensors, {work_s * us:.0f} us of {what} "
+                     f"between calls; without prefetch: {median(t['direct']) * us:.1f} us in "
+                     "the same turns"))
+        return rows
+    finally:
+        pre.close()
 
 
 def vector_fill_row(v: VectorSetup) -> dict:
@@ -405,7 +416,7 @@ def run(quick: bool = False) -> list[dict]:
     t0 = time.perf_counter()
     v = VectorSetup(sizes)
     vec_rows = [vector_sample_row(v), vector_memory_row(v), vector_fill_row(v),
-                vector_prefetch_row(v)]
+                vector_prefetch_rows(v)]
     del v
     img = ImageSetup(sizes)
     copies = CopyReference(sizes, threads=min(cpus(), 8))
@@ -413,7 +424,7 @@ def run(quick: bool = False) -> list[dict]:
     del copies
     rows = [vec_rows[0], image_sample_row(img), image_sample_u8_row(img),
             image_bandwidth_row(img, mc), *memcpy_rows(mc), *image_memory_rows(img), vec_rows[1],
-            vec_rows[2], image_fill_row(img), vec_rows[3]]
+            vec_rows[2], image_fill_row(img), *vec_rows[3]]
     del img
     log("ingest: timing add_chunk against add per step")
     rows += [ingest_row("vector", quick), ingest_row("image", quick)]

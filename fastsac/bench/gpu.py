@@ -161,7 +161,8 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
                 note="one env, 256x256, batch 256, one update per step; fastsac's defaults"
                      + (" (a CUDA graph)" if cuda else "")
                      + ", the seed-style loop with its learner on the same device. fastsac "
-                     f"per step: {split}" + (" (act includes waiting for the GPU)" if cuda else ""))]
+                     f"per step: {split}"
+                     + (" (act includes waiting for the GPU)" if cuda else ""))]
     return rows + [row(f"{name}, {k}", "1/s", sps[k], sps["seed"], lower_is_better=False,
                        note="prefetch=True" if k == "prefetch" else
                        "learn() before env_step(): each update misses the newest step")
@@ -179,19 +180,21 @@ def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
 
     starts, warm, steps = (300, 5, 5) if quick else (5_000, 200, 300)
     trainer = bench_train._trainer(tmp / "profile", device=str(device), learning_starts=starts)
-    while trainer.step < starts + warm:  # past the graph's capture
-        trainer.env_step()
-        trainer.learn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
-    log(f"gpu: profiling {steps} training steps on {device}")
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            with record_function("env_step"):
-                trainer.env_step()
-            with record_function("learn"):
-                trainer.learn()
-    trainer.close()
+    try:
+        while trainer.step < starts + warm:  # past the graph's capture
+            trainer.env_step()
+            trainer.learn()
+        log(f"gpu: profiling {steps} training steps on {device}")
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                with record_function("env_step"):
+                    trainer.env_step()
+                with record_function("learn"):
+                    trainer.learn()
+    finally:
+        trainer.close()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
     log(f"gpu: host time of {steps} training steps, by self CPU time\n{table}")
     return []

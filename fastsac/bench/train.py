@@ -73,25 +73,31 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
     """
     loops = {"fastsac": ({}, False), **(variants or {})}
     trainers, steps = {}, {}
-    for name, (options, update_first) in loops.items():
-        torch.manual_seed(0)
-        tr = trainers[name] = _trainer(tmp / name, device=device, learning_starts=starts,
-                                       sac=sac, **options)
-        while tr.step < starts:
-            tr.env_step()
-        steps[name] = ((lambda tr=tr: (tr.learn(), tr.env_step())) if update_first else
-                       (lambda tr=tr: (tr.env_step(), tr.learn())))
-    seed = SeedLoop(256, starts, device=device)
-    log(f"train: timing {blocks} blocks of training steps on {device}, {ENV} "
-        f"({', '.join(loops)}, seed)")
-    fast = trainers["fastsac"]
-    before, step0 = dict(fast.timers), fast.step
-    t = interleaved({**{k: block(f, calls[0], device) for k, f in steps.items()},
-                     "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
-    split = {k: (fast.timers[k] - before[k]) / (fast.step - step0) for k in before}
-    for tr in trainers.values():
-        tr.close()
-    seed.env.close()
+    seed = None
+    try:
+        for name, (options, update_first) in loops.items():
+            torch.manual_seed(0)
+            tr = trainers[name] = _trainer(tmp / name, device=device, learning_starts=starts,
+                                           sac=sac, **options)
+            while tr.step < starts:
+                tr.env_step()
+            steps[name] = ((lambda tr=tr: (tr.learn(), tr.env_step())) if update_first else
+                           (lambda tr=tr: (tr.env_step(), tr.learn())))
+            for _ in range(20):  # the first updates compile (and capture a CUDA graph)
+                steps[name]()
+        seed = SeedLoop(256, starts, device=device)
+        log(f"train: timing {blocks} blocks of training steps on {device}, {ENV} "
+            f"({', '.join(loops)}, seed)")
+        fast = trainers["fastsac"]
+        before, step0 = dict(fast.timers), fast.step
+        t = interleaved({**{k: block(f, calls[0], device) for k, f in steps.items()},
+                         "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
+        split = {k: (fast.timers[k] - before[k]) / (fast.step - step0) for k in before}
+    finally:
+        for tr in trainers.values():
+            tr.close()
+        if seed is not None:
+            seed.env.close()
     return {**{k: calls[0] / median(t[k]) for k in loops},
             "seed": calls[1] / median(t["seed"]), "split": split}
 
