@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import traceback
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -187,12 +188,15 @@ def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
             trainer.env_step()
             trainer.learn()
         log(f"gpu: profiling {steps} training steps on {device}")
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                with record_function("env_step"):
-                    trainer.env_step()
-                with record_function("learn"):
-                    trainer.learn()
+        with warnings.catch_warnings():
+            # (torch 2.11 warns that events are cleared between cycles; this profile has one)
+            warnings.filterwarnings("ignore", message=".*Profiler clears events")
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    with record_function("env_step"):
+                        trainer.env_step()
+                    with record_function("learn"):
+                        trainer.learn()
     finally:
         trainer.close()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
