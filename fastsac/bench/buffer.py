@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from fastsac.batch import Batch
 from fastsac.bench._util import cpus, interleaved, log, median, row, spread
 from fastsac.bench.seed_style import SeedStyleBuffer
-from fastsac.batch import Batch
 from fastsac.buffers import ReplayBuffer
 
 BATCH = 256
