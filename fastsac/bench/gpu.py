@@ -143,11 +143,6 @@ def _pixel_rows(device: torch.device, quick: bool) -> list[dict]:
 
 
 def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
-    try:
-        import mujoco  # noqa: F401
-    except ImportError:
-        log("gpu: no MuJoCo, so no end-to-end row")
-        return []
     starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 20, (500, 100))
     # Candidates for the default, timed in the same turns: each vector batch prefetched, and
     # the update launched before the env step so that the GPU runs it meanwhile.
@@ -173,10 +168,6 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     """No rows: logs where the host's time goes in fastsac's training steps, by torch's
     profiler (self CPU time per op and CUDA runtime call, with env_step and learn marked)."""
-    try:
-        import mujoco  # noqa: F401
-    except ImportError:
-        return []
     from torch.profiler import ProfilerActivity, profile, record_function
 
     starts, warm, steps = (300, 5, 5) if quick else (5_000, 200, 300)
@@ -211,12 +202,20 @@ def run(quick: bool = False) -> list[dict]:
         device = torch.device("cpu")  # a dry run of the code
     else:
         raise SystemExit("fastsac bench gpu needs a CUDA GPU (--quick runs it on the CPU)")
+    try:
+        import mujoco  # noqa: F401  (the end-to-end parts train HalfCheetah)
+        end_to_end = True
+    except ImportError:
+        log("gpu: no MuJoCo, so no end-to-end rows and no profile")
+        end_to_end = False
     rows = []
     with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
-        for name, part in (("updates", _update_rows), ("sampling", _sample_rows),
-                           ("pixel updates", _pixel_rows),
-                           ("training", partial(_train_rows, tmp=Path(tmp))),
-                           ("profile", partial(_profile_rows, tmp=Path(tmp)))):
+        parts = [("updates", _update_rows), ("sampling", _sample_rows),
+                 ("pixel updates", _pixel_rows)]
+        if end_to_end:
+            parts += [("training", partial(_train_rows, tmp=Path(tmp))),
+                      ("profile", partial(_profile_rows, tmp=Path(tmp)))]
+        for name, part in parts:
             rows += _part(name, partial(part, device, quick))
     return rows
 
