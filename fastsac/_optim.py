@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from torch.optim.adam import adam as adam_step  # torch's functional Adam
 
 
 # How an optimiser runs, not what it has learned: kept when a state is loaded.
@@ -37,6 +38,10 @@ class FusedAdam:
     @property
     def state(self):
         return self.optim.state
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return self.optim.param_groups[0]["params"]
 
     def zero_grad(self) -> None:
         for p in self.optim.param_groups[0]["params"]:  # cheaper than optim.zero_grad's checks
@@ -93,9 +98,21 @@ class FusedAdam:
                 t.copy_(loaded)
         return True
 
+    def init_state(self) -> None:
+        """Create the state of every parameter that has none, as torch's first fused step
+        does: Adam's moments at zero, the step count a float32 tensor on the device."""
+        for p in self.optim.param_groups[0]["params"]:
+            if p not in self.optim.state or not self.optim.state[p]:
+                self.optim.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
     def step(self) -> None:
         if len(self.optim.param_groups) != 1:
             raise ValueError("FusedAdam steps one parameter group")
+        if torch.compiler.is_compiling():
+            return self._traced_step()
         (group,) = self.optim.param_groups
         params = group["params"]
         grads = [p.grad for p in params]
@@ -115,3 +132,17 @@ class FusedAdam:
                            amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
                            weight_decay=group["weight_decay"], eps=group["eps"],
                            maximize=group["maximize"])
+
+    @torch.no_grad()
+    def _traced_step(self) -> None:
+        # Capturable: the step counts stay tensors on the device (no host sync), which torch
+        # allows on any device while compiling.
+        (group,) = self.optim.param_groups
+        params = group["params"]
+        st = [self.optim.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adam_step(
+            params, [p.grad for p in params], [s["exp_avg"] for s in st],
+            [s["exp_avg_sq"] for s in st], [], [s["step"] for s in st], foreach=True,
+            capturable=True, amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])

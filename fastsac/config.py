@@ -63,11 +63,16 @@ class SACConfig:
     augment: bool = True
     """Random-shift augmentation (pad 4, random crop) of pixel obs and next_obs in updates."""
     compile: str = "jit"
-    """How the networks run: "jit" (TorchScript), "torch" (torch.compile) or "none" (eager)."""
+    """How the update runs: "jit" (the networks as TorchScript), "torch" (the whole update,
+    gradients and Adam steps included, through torch.compile: its first update compiles for
+    seconds to minutes; on CUDA without cuda_graph in mode "reduce-overhead", which replays it
+    as torch's own CUDA graphs) or "none" (eager). Where compiling fails, fastsac warns once and
+    runs eagerly."""
     cuda_graph: bool | None = None
-    """Capture the whole update in a CUDA graph and replay it, which needs a CUDA device and a
-    fixed batch shape. Not set (None): on where the device is CUDA (the fastest there,
-    BENCHMARKS.md), off elsewhere and with compile="torch" (not tested under a graph)."""
+    """Capture the whole update in a CUDA graph and replay it (fastsac's own capture), which
+    needs a CUDA device and a fixed batch shape. Not set (None): on where the device is CUDA
+    (the fastest there, BENCHMARKS.md), off elsewhere and with compile="torch" (torch's CUDA
+    graphs instead)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))  # JSON and argparse give lists

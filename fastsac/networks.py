@@ -224,37 +224,6 @@ class CriticEnsemble(nn.Module):
         return first(x, detach_weights)
 
 
-def _warn_eager(mode: str, exc: BaseException) -> None:
-    warnings.warn(f"fastsac: compile={mode!r} failed on torch {torch.__version__} "
-                  f"({type(exc).__name__}: {exc}); running the networks eagerly",
-                  RuntimeWarning, stacklevel=3)
-
-
-class _CompiledOrEager:
-    """A torch.compile'd module, which compiles at its first call (and on new shapes): if a
-    call fails where the eager module succeeds, warn once and run eagerly from then on. An
-    error the eager module raises too is the input's, and is raised as it is."""
-
-    def __init__(self, module: nn.Module, compiled: nn.Module):
-        self._module, self._compiled = module, compiled
-
-    def __call__(self, *args, **kwargs):
-        if self._compiled is not None:
-            try:
-                return self._compiled(*args, **kwargs)
-            except Warning:
-                raise
-            except Exception as exc:  # noqa: BLE001 - see the class docstring
-                out = self._module(*args, **kwargs)
-                self._compiled = None
-                _warn_eager("torch", exc)
-                return out
-        return self._module(*args, **kwargs)
-
-    def __getattr__(self, name: str):  # act(), parameters(), ...: the module's own
-        return getattr(self._module, name)
-
-
 _JIT_DEPRECATED = r"`torch\.jit\.script` is deprecated"
 JIT_NOTICE = "fastsac: compile='jit' runs the networks as TorchScript"
 """How fastsac's one notice of TorchScript's deprecation starts (to filter it)."""
@@ -283,17 +252,18 @@ def _script(module: nn.Module) -> torch.jit.ScriptModule:
 
 
 def compile_module(module: nn.Module, mode: str):
-    """``mode``: "jit" (TorchScript), "torch" (torch.compile) or "none". If compiling fails on
-    this torch (for torch.compile: at a call, where it compiles), warn once and run eagerly."""
+    """``mode``: "jit" (TorchScript), "none", or "torch", which returns the module as it is
+    (SAC compiles its whole update with torch.compile instead, ``fastsac._compile``). If
+    TorchScript fails on this torch, warn once and run eagerly."""
     check_choice("compile", mode, COMPILE_MODES)
-    if mode == "none":
+    if mode != "jit":
         return module
     try:
-        if mode == "jit":
-            return _script(module)
-        return _CompiledOrEager(module, torch.compile(module))
+        return _script(module)
     except Warning:
         raise  # a warning turned into an error by the caller's filters is theirs to see
     except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eager
-        _warn_eager(mode, exc)
+        warnings.warn(f"fastsac: compile='jit' failed on torch {torch.__version__} "
+                      f"({type(exc).__name__}: {exc}); running the networks eagerly",
+                      RuntimeWarning, stacklevel=2)
         return module

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastsac._compile import CompiledUpdate
 from fastsac._graph import GraphedUpdate
 from fastsac._io import atomic_write
 from fastsac._optim import FusedAdam
@@ -101,6 +102,7 @@ class SAC:
         self.actor_optim = FusedAdam(actor.parameters(), config.actor_lr, capturable=graphed)
         self.alpha_optim = FusedAdam([self.log_alpha], config.alpha_lr, capturable=graphed) \
             if config.autotune_alpha else None
+        self._init_compiled_state()
         self._online = list(critic.parameters())
         self._target = list(critic_target.parameters())
         self.updates = 0
@@ -109,7 +111,7 @@ class SAC:
     # Views of the modules above, rebuilt rather than copied: a copy (deepcopy, pickle) must
     # not share or split parameters with the original.
     _COMPILED = ("encoder", "actor", "critic", "critic_target")
-    _DERIVED = (*_COMPILED, "_numpy_actor", "_graphed", "_act_staging")
+    _DERIVED = (*_COMPILED, "_numpy_actor", "_update_fn", "_graphed", "_act_staging")
 
     def _build_derived(self) -> None:
         for name in self._COMPILED:  # compiled views share their parameters with the modules
@@ -117,15 +119,23 @@ class SAC:
         # One vector observation on the CPU: the actor in numpy (NumpyActor).
         self._numpy_actor = NumpyActor(self.modules["actor"]) \
             if self.device.type == "cpu" and not self.pixels else None
-        self._graphed = self._new_graph() if self.config.cuda_graph else None
+        self._new_update_fn()
         self._act_staging: dict[tuple, _ActStaging] = {}  # CUDA: by observation batch shape
 
-    def _new_graph(self) -> GraphedUpdate:
+    def _new_update_fn(self) -> None:
+        """The update as it runs: compiled or not, captured in a CUDA graph or not. Built
+        again where the optimiser state tensors change: compiled code and graphs hold them."""
+        c = self.config
+        self._update_fn = CompiledUpdate(
+            self._update, self._mutable_state, self.device,
+            reduce_overhead=self.device.type == "cuda" and not c.cuda_graph) \
+            if c.compile == "torch" else self._update
         # TorchScript's profiling executor compiles a function after its first calls, and
         # again for each new input signature its guards meet (2 + 10 times at most, torch's
         # default fusion strategy); no kernel may be compiled while the graph is captured.
-        warmup = 12 if self.config.compile == "jit" else 3
-        return GraphedUpdate(self._update, self._mutable_state, self.device, warmup=warmup)
+        warmup = 12 if c.compile == "jit" else 3
+        self._graphed = GraphedUpdate(self._update_fn, self._mutable_state, self.device,
+                                      warmup=warmup) if c.cuda_graph else None
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
@@ -188,17 +198,25 @@ class SAC:
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step on ``batch``; returns detached metric tensors (no host sync)."""
-        metrics = self._graphed(batch) if self._graphed is not None else self._update(batch)
+        metrics = self._graphed(batch) if self._graphed is not None else self._update_fn(batch)
         self.updates += 1
         return metrics
+
+    def _optimizers(self) -> list[FusedAdam]:
+        return [o for o in (self.critic_optim, self.actor_optim, self.alpha_optim)
+                if o is not None]
+
+    def _init_compiled_state(self) -> None:
+        if self.config.compile == "torch":  # the compiled update steps existing state
+            for optim in self._optimizers():
+                optim.init_state()
 
     def _mutable_state(self) -> list[torch.Tensor]:
         """Every tensor an update changes: parameters, log_alpha, optimiser state."""
         tensors = [p for m in self.modules.values() for p in m.parameters()] + [self.log_alpha]
-        for optim in (self.critic_optim, self.actor_optim, self.alpha_optim):
-            if optim is not None:
-                tensors += [v for st in optim.state.values() for v in st.values()
-                            if isinstance(v, torch.Tensor)]
+        for optim in self._optimizers():
+            tensors += [v for st in optim.state.values() for v in st.values()
+                        if isinstance(v, torch.Tensor)]
         return tensors
 
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -219,7 +237,7 @@ class SAC:
         q = self.critic(features, action)
         critic_loss = F.mse_loss(q, target.expand_as(q), reduction="sum") / q.shape[1]
         self.critic_optim.zero_grad()
-        critic_loss.backward()
+        critic_loss.backward(inputs=self.critic_optim.params)
         self.critic_optim.step()
 
         # Actor: through Q to the action only (critic weights as constants, encoder detached).
@@ -228,7 +246,7 @@ class SAC:
         q_pi = self.critic(features, new_action, True).min(0).values
         actor_loss = (alpha * log_prob - q_pi).mean()
         self.actor_optim.zero_grad()
-        actor_loss.backward()
+        actor_loss.backward(inputs=self.actor_optim.params)
         self.actor_optim.step()
 
         mean_log_prob = log_prob.detach().mean()
@@ -274,10 +292,12 @@ class SAC:
         if self.alpha_optim is not None:
             self.alpha_optim.load_state_dict(state["optim"]["alpha"])
         self.updates = int(state["updates"])
-        if self._graphed is not None and before != [id(t) for t in self._mutable_state()]:
+        self._init_compiled_state()  # (a state saved before any update has none)
+        if (self._graphed is not None or self.config.compile == "torch") \
+                and before != [id(t) for t in self._mutable_state()]:
             # New optimiser state tensors (there were none of these shapes to copy into): a
             # captured graph would go on stepping the old ones, so capture again.
-            self._graphed = self._new_graph()
+            self._new_update_fn()
 
     def save(self, path: str | os.PathLike) -> None:
         """Everything needed to continue training, written atomically."""

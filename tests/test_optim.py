@@ -145,3 +145,18 @@ def test_a_loaded_state_shares_no_tensor_with_the_state_it_came_from(lr):
         for i, s in frozen["state"].items():
             for k, v in s.items():
                 assert torch.equal(st["state"][i][k], v), (i, k)
+
+
+def test_state_created_ahead_steps_as_torchs_own_first_step():
+    """init_state (for a compiled update) makes the state torch's first fused step would."""
+    ours, theirs = _params(0), _params(0)
+    opt = FusedAdam(ours, lr=1e-2)
+    opt.init_state()
+    ref = torch.optim.Adam(theirs, lr=1e-2, fused=True)
+    for step in range(3):
+        _grads(ours, step), _grads(theirs, step)
+        opt.step(), ref.step()
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q), step
+            for k, v in ref.state[q].items():
+                assert torch.equal(opt.state[p][k], v) and opt.state[p][k].dtype == v.dtype

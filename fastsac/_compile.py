@@ -1,0 +1,104 @@
+"""compile="torch": the whole SAC update (networks, losses, gradients, Adam steps) through
+torch.compile, which fuses its element-wise work; on CUDA, in mode "reduce-overhead", torch
+also replays it as CUDA graphs."""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from fastsac.batch import Batch
+
+
+class CompiledUpdate:
+    """Calls ``torch.compile(update_fn)``, which compiles at the first call (and again where
+    a guard fails: a new batch shape, a new learning rate). If that fails where the eager
+    update succeeds, warn once and run eagerly from then on; an error the eager update raises
+    too is the input's, and is raised as it is.
+
+    A failed first call may have run part of the update (the graphs before a graph break, where
+    backward() splits it): that call restores ``state()`` and the random generators before the
+    eager update runs. Later compiles (new shapes) trace the whole update before running it.
+    """
+
+    def __init__(self, update_fn: Callable[[Batch], dict], state: Callable[[], list],
+                 device: torch.device, reduce_overhead: bool) -> None:
+        self._eager, self._state, self._device = update_fn, state, device
+        self._called = False
+        # Where this torch traces backward() into the graph, the update is one graph: any
+        # break is an error before anything runs.
+        self._traces_backward = hasattr(torch._dynamo.config, "trace_autograd_ops")
+        try:
+            self._compiled = torch.compile(
+                _own_code(update_fn), fullgraph=self._traces_backward,
+                mode="reduce-overhead" if reduce_overhead else None)
+        except Warning:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a Python version this torch cannot compile
+            self._compiled = None
+            _warn_eager(exc)
+        # Torch's CUDA graphs hand out outputs that the next replay overwrites.
+        self._clone = reduce_overhead
+        if reduce_overhead:  # else its CUDA graphs copy them in as inputs, or skip the graph
+            for t in state():
+                if not isinstance(t, torch.nn.Parameter):  # (optimiser state, log-alpha)
+                    torch._dynamo.mark_static_address(t)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._compiled is None:
+            return self._eager(batch)
+        saved = None if self._called else self._snapshot()
+        self._called = True
+        config = torch._dynamo.config  # read only while compiling: set just around the call
+        traced = self._traces_backward and config.trace_autograd_ops
+        try:
+            if self._traces_backward:
+                config.trace_autograd_ops = True
+            metrics = self._compiled(batch)
+        except Warning:
+            raise  # a warning turned into an error by the caller's filters is theirs to see
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            if saved is not None:
+                self._restore(saved)
+            metrics = self._eager(batch)
+            self._compiled = None
+            _warn_eager(exc)
+            return metrics
+        finally:
+            if self._traces_backward:
+                config.trace_autograd_ops = traced
+        return {k: v.clone() for k, v in metrics.items()} if self._clone else metrics
+
+    def _snapshot(self) -> tuple:
+        cuda = self._device.type == "cuda"
+        return ([t.detach().clone() for t in self._state()], torch.get_rng_state(),
+                torch.cuda.get_rng_state(self._device) if cuda else None)
+
+    def _restore(self, saved: tuple) -> None:
+        tensors, cpu_rng, cuda_rng = saved
+        with torch.no_grad():
+            for t, v in zip(self._state(), tensors):
+                t.copy_(v)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, self._device)
+
+
+def _own_code(method: types.MethodType) -> types.MethodType:
+    """``method`` on a copy of its function's code. torch.compile keeps compiled code per code
+    object and guards it on the agent's identity, with at most 8 versions per code object:
+    agents sharing ``SAC._update``'s code would each add one and, from the ninth on, run
+    eagerly without a word."""
+    f = method.__func__
+    own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__,
+                             f.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
+def _warn_eager(exc: BaseException) -> None:
+    warnings.warn(f"fastsac: compile='torch' failed on torch {torch.__version__} "
+                  f"({type(exc).__name__}: {exc}); running the update eagerly",
+                  RuntimeWarning, stacklevel=4)
