@@ -87,14 +87,15 @@ def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch,
     assert cli.main(["bench", "gpu", "--quick", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     cases = [r["case"].split(" on ")[0].split(" to ")[0] for r in rows]
-    assert cases[:2] == ["SAC update/s"] * 2  # eager and TorchScript (and a graph on CUDA)
+    # eager, TorchScript, torch.compile (and each in a graph on CUDA)
+    assert cases[:3] == ["SAC update/s"] * 3
     assert {"vector sample(256)", "image sample(256)", "pixel update/s"} <= set(cases)
     try:
         import mujoco  # noqa: F401
     except ImportError:
         return  # (the mujoco extra: no end-to-end rows)
-    # The end-to-end loop with its defaults and two variants, then its profile (logged).
-    assert cases.count("training steps/s") == 3
+    # The end-to-end loop with its defaults and three variants, then its profile (logged).
+    assert cases.count("training steps/s") == 4
     profile = capsys.readouterr().err.split("host time of", 1)[1]
     names = [line.split()[0] for line in profile.splitlines() if line.strip()[:1].isalpha()]
     assert "env_step" in names and "learn" in names
@@ -107,6 +108,8 @@ def test_a_failing_part_of_the_gpu_bench_leaves_the_others_and_fails_the_command
     def broken(device, quick):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
     monkeypatch.setattr(gpu, "_pixel_rows", broken)
+    for part in ("_train_rows", "_profile_rows"):  # (run by the test above)
+        monkeypatch.setattr(gpu, part, lambda *args, **kwargs: [])
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "gpu.json"
     assert cli.main(["bench", "gpu", "--quick", "--json", str(out)]) == 1

@@ -2,17 +2,18 @@
 each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` runs it).
 
 - updates/s at HalfCheetah shapes (obs 17, action 6, 256x256, batch 256), sampled from a
-  ``device="cuda"`` buffer: fastsac eager, TorchScript, TorchScript + CUDA graph, and the
-  seed-style learner fed by its numpy buffer;
+  ``device="cuda"`` buffer: fastsac eager, TorchScript, torch.compile (torch's CUDA graphs),
+  each of the last two in fastsac's CUDA graph, and the seed-style learner fed by its numpy
+  buffer;
+- end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
+  fastsac's loop with its defaults (a CUDA graph) and candidate variants (prefetch, the update
+  before the env step, torch.compile) against the seed-style loop on the same GPU, then a
+  profile (torch.profiler) of where the host's time goes in fastsac's loop;
 - ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3; frames in host
   and in device memory), against the seed-style buffer's batch moved to the GPU;
 - sample + pixel update per second with frames in host memory, prefetched, and in device
   memory;
-- pixel updates/s (84x84, stack 3, batch 256), eager and CUDA graph;
-- end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
-  fastsac's loop with its defaults (a CUDA graph) and two candidate variants against the
-  seed-style loop on the same GPU, then a profile (torch.profiler) of where the host's time
-  goes in fastsac's loop.
+- pixel updates/s (84x84, stack 3, batch 256), eager and CUDA graph.
 
 Every timed block ends with ``torch.cuda.synchronize()``, so queued GPU work is counted.
 ``--quick`` uses tiny sizes and, without a GPU, runs on the CPU: it checks the code, not speed.
@@ -24,6 +25,7 @@ part's rows are logged when it ends.
 from __future__ import annotations
 
 import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -48,14 +50,24 @@ from fastsac.sac import SAC
 def _update_rows(device: torch.device, quick: bool) -> list[dict]:
     fast_buf, seed_buf = bench_update.buffers(2_000 if quick else 20_000, device=device)
     configs = {"eager": SACConfig(compile="none", cuda_graph=False),
-               "jit": SACConfig(compile="jit", cuda_graph=False)}
+               "jit": SACConfig(compile="jit", cuda_graph=False),
+               "torch.compile": SACConfig(compile="torch", cuda_graph=False)}
     if device.type == "cuda":
-        configs["graph"] = SACConfig(compile="jit", cuda_graph=True)
-    agents = {}
+        configs["jit + graph"] = SACConfig(compile="jit", cuda_graph=True)
+        configs["torch.compile + graph"] = SACConfig(compile="torch", cuda_graph=True)
+    notes = {"torch.compile": "the whole update; on CUDA in mode reduce-overhead (torch's "
+                              "CUDA graphs)",
+             "jit + graph": "fastsac's CUDA graph (the default on CUDA)",
+             "torch.compile + graph": "the compiled update in fastsac's CUDA graph"}
+    agents, first = {}, {}
     with without_jit_notice():
         for name, cfg in configs.items():
             torch.manual_seed(0)
             agents[name] = SAC((OBS,), (ACT,), cfg, device)
+            log(f"gpu: first update of {name} (compiles, captures)")
+            t0 = time.perf_counter()
+            block(lambda a=agents[name]: a.update(fast_buf.sample(BATCH)), 1, device)()
+            first[name] = time.perf_counter() - t0
     seed = SeedStyleSAC(OBS, ACT, device=device)
     n, blocks = (5, 3) if quick else (100, 10)
     fns = {k: block(lambda a=a: a.update(fast_buf.sample(BATCH)), n, device)
@@ -67,7 +79,9 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
     best = max(agents, key=ups.get)
     return [row(f"SAC update/s on {device}, {k} (sample + update, batch {BATCH})", "1/s",
                 ups[k], ups["seed"], lower_is_better=False,
-                note=f"best: {best}" if k == best else "") for k in agents]
+                note="; ".join(x for x in (notes.get(k, ""), f"first update {first[k]:.1f} s",
+                                           "best" if k == best else "") if x))
+            for k in agents]
 
 
 def _sample_rows(device: torch.device, quick: bool) -> list[dict]:
@@ -146,7 +160,11 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 20, (500, 100))
     # Candidates for the default, timed in the same turns: each vector batch prefetched, and
     # the update launched before the env step so that the GPU runs it meanwhile.
-    variants = {"prefetch": ({"prefetch": True}, False), "update first": ({}, True)}
+    variants = {"prefetch": ({"prefetch": True}, False), "update first": ({}, True),
+                "torch.compile": ({"sac": SACConfig(compile="torch")}, False)}
+    if device.type == "cuda":
+        variants["torch.compile + graph"] = ({"sac": SACConfig(compile="torch",
+                                                               cuda_graph=True)}, False)
     sps = bench_train.loop_rates(tmp / "gpu", starts, blocks, calls, device=str(device),
                                  sac=SACConfig(), variants=variants)  # a CUDA graph on CUDA
     cuda = device.type == "cuda"
@@ -159,10 +177,12 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
                      + ", the seed-style loop with its learner on the same device. fastsac "
                      f"per step: {split}"
                      + (" (act includes waiting for the GPU)" if cuda else ""))]
+    notes = {"prefetch": "prefetch=True",
+             "update first": "learn() before env_step(): each update misses the newest step",
+             "torch.compile": "compile='torch' (on CUDA: torch's CUDA graphs)",
+             "torch.compile + graph": "compile='torch', cuda_graph=True"}
     return rows + [row(f"{name}, {k}", "1/s", sps[k], sps["seed"], lower_is_better=False,
-                       note="prefetch=True" if k == "prefetch" else
-                       "learn() before env_step(): each update misses the newest step")
-                   for k in variants]
+                       note=notes[k]) for k in variants]
 
 
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
@@ -210,11 +230,12 @@ def run(quick: bool = False) -> list[dict]:
         end_to_end = False
     rows = []
     with tempfile.TemporaryDirectory(prefix="fastsac-bench-") as tmp:
-        parts = [("updates", _update_rows), ("sampling", _sample_rows),
-                 ("pixel updates", _pixel_rows)]
+        # What earlier GPU runs have not measured first, in case the time runs out.
+        parts = [("updates", _update_rows)]
         if end_to_end:
             parts += [("training", partial(_train_rows, tmp=Path(tmp))),
                       ("profile", partial(_profile_rows, tmp=Path(tmp)))]
+        parts += [("sampling", _sample_rows), ("pixel updates", _pixel_rows)]
         for name, part in parts:
             rows += _part(name, partial(part, device, quick))
     return rows

@@ -69,7 +69,8 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
     its timers (act, env, buffer, update) over those blocks.
 
     ``variants``: more fastsac loops timed in the same turns, name -> (TrainConfig options,
-    whether ``learn`` comes before ``env_step``, so that the update runs during the env step).
+    ``sac`` included, whether ``learn`` comes before ``env_step``, so that the update runs
+    during the env step).
     """
     loops = {"fastsac": ({}, False), **(variants or {})}
     trainers, steps = {}, {}
@@ -78,7 +79,7 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
         for name, (options, update_first) in loops.items():
             torch.manual_seed(0)
             tr = trainers[name] = _trainer(tmp / name, device=device, learning_starts=starts,
-                                           sac=sac, **options)
+                                           **{"sac": sac, **options})
             while tr.step < starts:
                 tr.env_step()
             steps[name] = ((lambda tr=tr: (tr.learn(), tr.env_step())) if update_first else
