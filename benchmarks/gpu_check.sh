@@ -52,11 +52,13 @@ cd "$(mktemp -d)"  # an empty directory: nothing in it shadows an installed pack
 pytest=("$py" -m pytest -p no:cacheprovider -o faulthandler_timeout=100
         -c "$repo/pyproject.toml" --rootdir "$repo")
 cuda_files=("$repo/tests/test_sac.py" "$repo/tests/test_buffers.py" "$repo/tests/test_trainer.py")
+# Last in its part: its first test compiles for a while, and the rest of its file runs later.
+compiled=tests/test_compile.py::test_the_compiled_update_on_cuda_equals_the_eager_update
 tests=- bench=- rest=-  # "-": not run
 if [[ $parts == *" cuda-tests "* ]]; then
   echo "+ tests of the CUDA path"
   t=$(($(left 0) / 2)); [ "$t" -gt 180 ] && t=180  # the other half for what follows
-  timeout "$t" "${pytest[@]}" -v "${cuda_files[@]}"
+  timeout "$t" "${pytest[@]}" -v "${cuda_files[@]}" "$repo/$compiled"
   tests=$?
 fi
 if [[ $parts == *" bench "* ]]; then
@@ -68,7 +70,8 @@ if [[ $parts == *" other-tests "* ]]; then
   echo "+ the other tests"
   t=$(left 0)
   if [ "$t" -ge 30 ]; then
-    timeout "$t" "${pytest[@]}" -q "$repo/tests" "${cuda_files[@]/#/--ignore=}"
+    timeout "$t" "${pytest[@]}" -q "$repo/tests" "${cuda_files[@]/#/--ignore=}" \
+      --deselect "$compiled"
     rest=$?
   else
     echo "no time left for them"
