@@ -20,8 +20,10 @@ class CompiledUpdate:
     too is the input's, and is raised as it is.
 
     A failed first call may have run part of the update (the graphs before a graph break, where
-    backward() splits it): that call restores ``state()`` and the random generators before the
-    eager update runs. Later compiles (new shapes) trace the whole update before running it.
+    this torch cannot trace backward()): that call restores ``state()`` and the random
+    generators before the eager update runs. Where torch traces backward(), the update is one
+    graph, traced whole before any of it runs, so a later compile (a new shape) that fails has
+    changed nothing either.
     """
 
     def __init__(self, update_fn: Callable[[Batch], dict], state: Callable[[], list],

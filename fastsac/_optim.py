@@ -44,7 +44,7 @@ class FusedAdam:
         return self.optim.param_groups[0]["params"]
 
     def zero_grad(self) -> None:
-        for p in self.optim.param_groups[0]["params"]:  # cheaper than optim.zero_grad's checks
+        for p in self.params:  # cheaper than optim.zero_grad's checks
             p.grad = None
 
     def state_dict(self) -> dict:
@@ -101,8 +101,8 @@ class FusedAdam:
     def init_state(self) -> None:
         """Create the state of every parameter that has none, as torch's first fused step
         does: Adam's moments at zero, the step count a float32 tensor on the device."""
-        for p in self.optim.param_groups[0]["params"]:
-            if p not in self.optim.state or not self.optim.state[p]:
+        for p in self.params:
+            if not self.optim.state.get(p):
                 self.optim.state[p] = {
                     "step": torch.zeros((), dtype=torch.float32, device=p.device),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),

@@ -296,7 +296,8 @@ class SAC:
         if (self._graphed is not None or self.config.compile == "torch") \
                 and before != [id(t) for t in self._mutable_state()]:
             # New optimiser state tensors (there were none of these shapes to copy into): a
-            # captured graph would go on stepping the old ones, so capture again.
+            # captured graph would go on stepping the old ones, and torch's CUDA graphs would
+            # copy the new ones in as inputs, so build the update again.
             self._new_update_fn()
 
     def save(self, path: str | os.PathLike) -> None:
