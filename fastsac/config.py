@@ -66,8 +66,8 @@ class SACConfig:
     """How the update runs: "jit" (the networks as TorchScript), "torch" (the whole update,
     gradients and Adam steps included, through torch.compile: its first update compiles for
     seconds to minutes; on CUDA without cuda_graph in mode "reduce-overhead", which replays it
-    as torch's own CUDA graphs) or "none" (eager). Where compiling fails, fastsac warns once and
-    runs eagerly."""
+    as torch's own CUDA graphs; act() runs the networks eagerly) or "none" (eager). Where
+    compiling fails, fastsac warns once and runs eagerly."""
     cuda_graph: bool | None = None
     """Capture the whole update in a CUDA graph and replay it (fastsac's own capture), which
     needs a CUDA device and a fixed batch shape. Not set (None): on where the device is CUDA

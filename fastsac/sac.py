@@ -126,10 +126,14 @@ class SAC:
         """The update as it runs: compiled or not, captured in a CUDA graph or not. Built
         again where the optimiser state tensors change: compiled code and graphs hold them."""
         c = self.config
-        self._update_fn = CompiledUpdate(
-            self._update, self._mutable_state, self.device,
-            reduce_overhead=self.device.type == "cuda" and not c.cuda_graph) \
-            if c.compile == "torch" else self._update
+        before = getattr(self, "_update_fn", None)  # (where compiling failed: no second try)
+        if c.compile == "torch" and not (isinstance(before, CompiledUpdate) and before.failed):
+            self._update_fn = CompiledUpdate(
+                self._update_without_grads, self._mutable_state, self.device,
+                reduce_overhead=self.device.type == "cuda" and not c.cuda_graph)
+        else:
+            self._update_fn = self._update_without_grads if c.compile == "torch" \
+                else self._update
         # TorchScript's profiling executor compiles a function after its first calls, and
         # again for each new input signature its guards meet (2 + 10 times at most, torch's
         # default fusion strategy); no kernel may be compiled while the graph is captured.
@@ -218,6 +222,14 @@ class SAC:
             tensors += [v for st in optim.state.values() for v in st.values()
                         if isinstance(v, torch.Tensor)]
         return tensors
+
+    def _update_without_grads(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``_update``, then no gradients kept: compiled, they would be outputs of the graph,
+        and torch's CUDA graphs overwrite their outputs at the next replay."""
+        metrics = self._update(batch)
+        for optim in self._optimizers():
+            optim.zero_grad()
+        return metrics
 
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:
         obs, action, reward, next_obs, discount = (t.to(self.device, non_blocking=True)

@@ -13,6 +13,7 @@ from test_sac import ACT, CUDA, HIDDEN, OBS, assert_same_update, fixed_batch
 from torch._dynamo.utils import counters
 
 from fastsac import SAC, Batch, SACConfig
+from fastsac._compile import CompiledUpdate
 
 # One graph per update where this torch traces backward() into it; else a graph before, between
 # and after the two backward calls.
@@ -34,10 +35,19 @@ def _graphs() -> int:
 def _agents(device="cpu", obs_shape=(OBS,), **cfg) -> tuple[SAC, SAC]:
     cfg = dict(hidden=HIDDEN, **cfg)
     torch.manual_seed(20)
-    eager = SAC(obs_shape, (ACT,), SACConfig(**cfg, compile="none", cuda_graph=False), device)
+    eager = SAC(obs_shape, (ACT,), SACConfig(**{**cfg, "compile": "none", "cuda_graph": False}),
+                device)
     torch.manual_seed(20)
     compiled = SAC(obs_shape, (ACT,), SACConfig(**cfg, compile="torch"), device)
     return eager, compiled
+
+
+def test_the_agents_compared_differ_in_compile_only():
+    eager, compiled = _agents(num_critics=3, cuda_graph=False)  # (as the CUDA test passes it)
+    assert (eager.config.compile, compiled.config.compile) == ("none", "torch")
+    assert eager.config.num_critics == compiled.config.num_critics == 3
+    for p, q in zip(eager._mutable_state(), compiled._mutable_state()):
+        assert torch.equal(p, q)
 
 
 def _assert_same_state(a: SAC, b: SAC) -> None:
@@ -64,7 +74,21 @@ def test_the_compiled_update_equals_the_eager_update(same_noise):
     # Compiled once (a recompile per update would mean a guard that fails every time), and
     # not fallen back to eager.
     assert _graphs() - before == GRAPHS_PER_UPDATE
-    assert compiled._update_fn._compiled is not None
+    assert not compiled._update_fn.failed
+    # No gradients kept (with torch's CUDA graphs they would live in memory it reuses).
+    assert all(t.grad is None for t in compiled._mutable_state())
+
+
+def test_the_branch_for_torchs_cuda_graphs_runs_on_the_cpu_too(same_noise):
+    """mode="reduce-overhead", static addresses and cloned metrics (CUDA graphs themselves
+    need CUDA tensors: on the CPU the mode compiles as the default one)."""
+    eager, compiled = _agents()
+    compiled._update_fn = CompiledUpdate(compiled._update_without_grads, compiled._mutable_state,
+                                         compiled.device, reduce_overhead=True)
+    for seed in range(3):
+        assert_same_update(eager, compiled, fixed_batch(seed), fixed_batch(seed), seed)
+    _assert_same_state(eager, compiled)
+    assert not compiled._update_fn.failed
 
 
 def test_the_compiled_pixel_update_equals_the_eager_update(same_noise):
@@ -96,25 +120,45 @@ def test_a_failing_compiler_gives_one_warning_and_the_eager_update(monkeypatch, 
         if where == "at torch.compile":
             raise RuntimeError("backend exploded")
 
-        def compiled(*args):  # as a graph break would: part of the update runs, then it fails
+        def compiled(*args):  # as after a graph break: part of the update runs, then it fails
             calls.append(1)
             fn(*args)
-            raise RuntimeError("backend exploded")
+            raise torch._dynamo.exc.InternalTorchDynamoError("backend exploded")
         return compiled
     monkeypatch.setattr(torch, "compile", broken_compile)
+    flag = getattr(torch._dynamo.config, "trace_autograd_ops", None)
     with pytest.warns(RuntimeWarning, match=r"compile='torch' failed .*backend exploded") as w:
         eager, compiled = _agents()
         torch.manual_seed(0)
         compiled.update(fixed_batch(0))
     assert len(w) == 1
+    assert getattr(torch._dynamo.config, "trace_autograd_ops", None) == flag  # given back
     torch.manual_seed(0)
     eager.update(fixed_batch(0))
     for p, q in zip(eager._mutable_state(), compiled._mutable_state()):
         assert torch.equal(p, q)  # one update, not a failed one and then another
+    other = SAC((OBS,), (ACT,), SACConfig(hidden=HIDDEN, compile="none", critic_lr=1e-3))
+    other.update(fixed_batch(2))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no second warning, no second compiled attempt
+        warnings.simplefilter("error")  # no second warning, no second compiled attempt,
+        compiled.update(fixed_batch(1))
+        compiled.load_state_dict(other.state_dict())  # even where a load builds the update again
         compiled.update(fixed_batch(1))
     assert len(calls) == (where == "at the first call")
+
+
+def test_an_error_while_the_compiled_update_runs_is_raised_and_it_stays_compiled(monkeypatch):
+    def compile_that_runs_out_of_memory(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("CUDA out of memory")
+        return compiled
+    monkeypatch.setattr(torch, "compile", compile_that_runs_out_of_memory)
+    _, compiled = _agents()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match="out of memory"):
+            compiled.update(fixed_batch(0))
+    assert not compiled._update_fn.failed
 
 
 def test_an_error_of_the_input_is_raised_not_taken_for_a_compile_failure(monkeypatch):
@@ -125,7 +169,7 @@ def test_an_error_of_the_input_is_raised_not_taken_for_a_compile_failure(monkeyp
         warnings.simplefilter("error")
         with pytest.raises(RuntimeError):
             compiled.update(bad)
-    assert compiled._update_fn._compiled is not None  # still compiled: the input was wrong
+    assert not compiled._update_fn.failed  # still compiled: the input was wrong
 
 
 def test_a_loaded_state_is_what_the_compiled_update_steps(same_noise):
