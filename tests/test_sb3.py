@@ -23,6 +23,12 @@ OBS = spaces.Box(-1e6, 1e6, (3,), np.float32)
 ACT = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
+@pytest.fixture(autouse=True)
+def sb3_logs_in_tmp_path(tmp_path, monkeypatch):
+    """SB3's models make a log directory when they learn, in /tmp unless told otherwise."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3-logs"))
+
+
 def feed(buffers, n_envs: int, steps: int, seed: int = 0) -> None:
     """The same random stream into each buffer: obs = (id, env, t), action[0] = a unique id,
     episodes ending in terminations and time-limit truncations."""
