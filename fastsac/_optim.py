@@ -29,6 +29,9 @@ class FusedAdam:
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, capturable: bool = False):
         self.optim = torch.optim.Adam(params, lr=lr, fused=True, capturable=capturable)
+        # Plain lists, which the compiled update reads without tracing into torch.optim.
+        self._params: list[torch.Tensor] = list(self.optim.param_groups[0]["params"])
+        self._traced: tuple | None = None  # init_state's view of the state, for compiling
         self._fast = not capturable and hasattr(torch, "_fused_adam_")
         self._lists: tuple[list[torch.Tensor], ...] | None = None
 
@@ -41,9 +44,14 @@ class FusedAdam:
 
     @property
     def params(self) -> list[torch.Tensor]:
-        return self.optim.param_groups[0]["params"]
+        return self._params
 
     def zero_grad(self) -> None:
+        if torch.compiler.is_compiling():
+            # The compiled update starts with no gradients (SAC._update_without_grads). Setting
+            # .grad before a traced backward() breaks every later torch.compile in the process
+            # that sets a .grad ("self missing"; torch 2.13-2.14).
+            return
         for p in self.params:  # cheaper than optim.zero_grad's checks
             p.grad = None
 
@@ -100,19 +108,27 @@ class FusedAdam:
 
     def init_state(self) -> None:
         """Create the state of every parameter that has none, as torch's first fused step
-        does: Adam's moments at zero, the step count a float32 tensor on the device."""
+        does (Adam's moments at zero, the step count a float32 tensor on the device), and the
+        view of it that compiled steps read. Call it again after each state load."""
         for p in self.params:
             if not self.optim.state.get(p):
                 self.optim.state[p] = {
                     "step": torch.zeros((), dtype=torch.float32, device=p.device),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        (group,) = self.optim.param_groups
+        st = [self.optim.state[p] for p in self.params]
+        hyper = {k: group[k] for k in ("amsgrad", "lr", "weight_decay", "eps", "maximize")}
+        beta1, beta2 = group["betas"]
+        self._traced = ([s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                        [s["step"] for s in st], dict(hyper, beta1=beta1, beta2=beta2))
 
     def step(self) -> None:
+        if torch.compiler.is_compiling():
+            self._traced_step()
+            return
         if len(self.optim.param_groups) != 1:
             raise ValueError("FusedAdam steps one parameter group")
-        if torch.compiler.is_compiling():
-            return self._traced_step()
         (group,) = self.optim.param_groups
         params = group["params"]
         grads = [p.grad for p in params]
@@ -133,16 +149,10 @@ class FusedAdam:
                            weight_decay=group["weight_decay"], eps=group["eps"],
                            maximize=group["maximize"])
 
-    @torch.no_grad()
     def _traced_step(self) -> None:
         # Capturable: the step counts stay tensors on the device (no host sync), which torch
         # allows on any device while compiling.
-        (group,) = self.optim.param_groups
-        params = group["params"]
-        st = [self.optim.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adam_step(
-            params, [p.grad for p in params], [s["exp_avg"] for s in st],
-            [s["exp_avg_sq"] for s in st], [], [s["step"] for s in st], foreach=True,
-            capturable=True, amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        exp_avgs, exp_avg_sqs, steps, hyper = self._traced
+        with torch.no_grad():
+            adam_step(self.params, [p.grad for p in self.params], exp_avgs, exp_avg_sqs, [],
+                      steps, foreach=True, capturable=True, **hyper)

@@ -225,10 +225,12 @@ class SAC:
 
     def _update_without_grads(self, batch: Batch) -> dict[str, torch.Tensor]:
         """``_update``, then no gradients kept: compiled, they would be outputs of the graph,
-        and torch's CUDA graphs overwrite their outputs at the next replay."""
+        which torch's CUDA graphs overwrite at the next replay; and the compiled update
+        leaves the gradients alone before its backward passes (FusedAdam.zero_grad)."""
         metrics = self._update(batch)
         for optim in self._optimizers():
-            optim.zero_grad()
+            for p in optim.params:
+                p.grad = None
         return metrics
 
     def _update(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -79,6 +79,21 @@ def test_the_compiled_update_equals_the_eager_update(same_noise):
     assert all(t.grad is None for t in compiled._mutable_state())
 
 
+def test_torch_compile_still_works_for_the_users_own_code_afterwards():
+    """Setting .grad before a traced backward() once broke every later compile in the
+    process that sets a .grad ("self missing", torch 2.13-2.14)."""
+    _, compiled = _agents()
+    compiled.update(fixed_batch(0))
+    w = torch.zeros(3, requires_grad=True)
+
+    def users_step():
+        w.grad = torch.ones_like(w)
+        with torch.no_grad():
+            w.sub_(w.grad)
+    torch.compile(users_step, fullgraph=True)()
+    assert torch.equal(w.detach(), -torch.ones(3))
+
+
 def test_the_branch_for_torchs_cuda_graphs_runs_on_the_cpu_too(same_noise):
     """mode="reduce-overhead", static addresses and cloned metrics (CUDA graphs themselves
     need CUDA tensors: on the CPU the mode compiles as the default one)."""
