@@ -124,7 +124,10 @@ def test_every_agent_compiles_once_with_code_of_its_own(same_noise):
         agent = SAC((OBS,), (ACT,), SACConfig(hidden=(4,), compile="torch"))
         for seed in range(2):
             agent.update(fixed_batch(seed))
-        assert _graphs() - before == GRAPHS_PER_UPDATE, f"agent {i}"
+        # At least one graph of its own (none: the compiler gave up on it), and no recompile
+        # at its second update. (Where backward() splits the update, a later piece can be one
+        # another agent compiled already.)
+        assert 1 <= _graphs() - before <= GRAPHS_PER_UPDATE, f"agent {i}"
 
 
 @pytest.mark.parametrize("where", ["at torch.compile", "at the first call"])
