@@ -5,6 +5,7 @@ CUDA graphs and fastsac's capture of the compiled update."""
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -242,3 +243,19 @@ def test_the_compiled_update_on_cuda_equals_the_eager_update(same_noise, cuda_gr
     _assert_same_state(eager, compiled)
     # Torch's CUDA graphs ran: none was skipped (as for inputs changed in place unmarked).
     assert counters["inductor"]["cudagraph_skips"] == skips
+
+
+@CUDA
+@pytest.mark.parametrize("cuda_graph", [None, True])
+def test_inductors_own_noise_on_cuda_is_new_at_every_update(cuda_graph):
+    """Without fallback_random the compiled update draws inductor's random numbers: a replayed
+    graph must still draw new ones each time (the same state, updated twice, differs)."""
+    _, compiled = _agents("cuda", cuda_graph=cuda_graph)
+    batch = Batch(*(t.cuda() for t in fixed_batch(0)))
+    for _ in range(5):  # compiled, captured, replayed
+        compiled.update(batch)
+    state = copy.deepcopy(compiled.state_dict())
+    first = compiled.update(batch)["loss/actor"].item()
+    compiled.load_state_dict(state)
+    second = compiled.update(batch)["loss/actor"].item()
+    assert math.isfinite(first) and first != second
