@@ -52,13 +52,14 @@ cd "$(mktemp -d)"  # an empty directory: nothing in it shadows an installed pack
 pytest=("$py" -m pytest -p no:cacheprovider -o faulthandler_timeout=100
         -c "$repo/pyproject.toml" --rootdir "$repo")
 cuda_files=("$repo/tests/test_sac.py" "$repo/tests/test_buffers.py" "$repo/tests/test_trainer.py")
-# Last in its part: its first test compiles for a while, and the rest of its file runs later.
-compiled=tests/test_compile.py::test_the_compiled_update_on_cuda_equals_the_eager_update
+# Last in their part: they compile for a while; the rest of their file runs later.
+compiled=(tests/test_compile.py::test_the_compiled_update_on_cuda_equals_the_eager_update
+          tests/test_compile.py::test_inductors_own_noise_on_cuda_is_new_at_every_update)
 tests=- bench=- rest=-  # "-": not run
 if [[ $parts == *" cuda-tests "* ]]; then
   echo "+ tests of the CUDA path"
   t=$(($(left 0) / 2)); [ "$t" -gt 220 ] && t=220  # the other half for what follows
-  timeout "$t" "${pytest[@]}" -v "${cuda_files[@]}" "$repo/$compiled"
+  timeout "$t" "${pytest[@]}" -v "${cuda_files[@]}" "${compiled[@]/#/$repo/}"
   tests=$?
 fi
 if [[ $parts == *" bench "* ]]; then
@@ -71,7 +72,7 @@ if [[ $parts == *" other-tests "* ]]; then
   t=$(left 0)
   if [ "$t" -ge 30 ]; then
     timeout "$t" "${pytest[@]}" -q "$repo/tests" "${cuda_files[@]/#/--ignore=}" \
-      --deselect "$compiled"
+      "${compiled[@]/#/--deselect=}"
     rest=$?
   else
     echo "no time left for them"
