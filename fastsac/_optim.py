@@ -25,6 +25,10 @@ class FusedAdam:
     a missing gradient) goes through ``optim.step()``, which creates the state; later steps
     call ``torch._fused_adam_`` on cached lists, exactly as torch's fused Adam does. With
     ``capturable=True`` (CUDA graphs) every step goes through ``optim.step()``.
+
+    Inside ``torch.compile`` a step is torch's foreach Adam on the same state instead (the
+    fused kernel cannot be traced; the compiler fuses the foreach ops), on the view of the
+    state that :meth:`init_state` makes: call it before compiling and after each state load.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, capturable: bool = False):
