@@ -4,6 +4,7 @@ also replays it as CUDA graphs."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import types
 import warnings
@@ -68,10 +69,7 @@ class CompiledUpdate:
         saved = None if self._called else self._snapshot()
         self._called = True
         try:
-            if self._traces_backward:
-                with _TRACING_BACKWARD:
-                    metrics = self._compiled(batch)
-            else:
+            with _TRACING_BACKWARD if self._traces_backward else contextlib.nullcontext():
                 metrics = self._compiled(batch)
         except self._compile_errors as exc:
             if saved is not None:

@@ -126,14 +126,13 @@ class SAC:
         """The update as it runs: compiled or not, captured in a CUDA graph or not. Built
         again where the optimiser state tensors change: compiled code and graphs hold them."""
         c = self.config
-        before = getattr(self, "_update_fn", None)  # (where compiling failed: no second try)
-        if c.compile == "torch" and not (isinstance(before, CompiledUpdate) and before.failed):
+        before = getattr(self, "_update_fn", None)
+        if c.compile != "torch":
+            self._update_fn = self._update
+        elif not (isinstance(before, CompiledUpdate) and before.failed):  # (failed: kept, eager)
             self._update_fn = CompiledUpdate(
                 self._update_without_grads, self._mutable_state, self.device,
                 reduce_overhead=self.device.type == "cuda" and not c.cuda_graph)
-        else:
-            self._update_fn = self._update_without_grads if c.compile == "torch" \
-                else self._update
         # TorchScript's profiling executor compiles a function after its first calls, and
         # again for each new input signature its guards meet (2 + 10 times at most, torch's
         # default fusion strategy); no kernel may be compiled while the graph is captured.
