@@ -174,6 +174,12 @@ class TrainConfig:
     is then drawn one env step earlier); needs buffer_memory="host". Not set (None): on for
     image observations on CUDA, where it hides the gather (BENCHMARKS.md), off elsewhere: a
     vector batch gathers in microseconds, less than prefetching can cost (BENCHMARKS.md)."""
+    update_during_env_step: bool | None = None
+    """Launch the updates that the last env step earned after choosing the next actions and
+    before stepping the envs (with workers: before storing the next chunks), so that a GPU
+    runs them while the envs step. The updates see the same transitions; the actions come
+    from the actor one update behind, and the last step's updates run at the next step (a
+    resumed run's). Not set (None): on with CUDA, off on the CPU, where nothing overlaps."""
     buffer_path: str = ""
     """A directory to keep the replay buffer's slots in, in a memory-mapped file allocated up
     front, so that its capacity is bounded by the disk rather than RAM (the page cache keeps

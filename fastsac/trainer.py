@@ -133,6 +133,8 @@ class Trainer(TrainerCheckpoints):
         self.rng = np.random.default_rng(c.seed)  # warm-up actions
         self.step = 0
         self.update_debt = 0.0
+        self.update_during_env_step = c.update_during_env_step \
+            if c.update_during_env_step is not None else self.device.type == "cuda"
         self._sampleable = False
         self.eval_returns: dict[int, float] = {}
         self.started = False
@@ -193,9 +195,10 @@ class Trainer(TrainerCheckpoints):
         last_log = (self.step, time.perf_counter())
         while self.step < c.total_steps:
             before = self.step
-            finished += self.env_step() if self.pool is None else self.receive()
+            done, new_metrics = self.train_step()
+            finished += done
+            metrics = new_metrics or metrics
             bar.update(self.step - before)
-            metrics = self.learn(self.step - before) or metrics
 
             if self._due(c.log_every, before):
                 now = time.perf_counter()
@@ -224,15 +227,45 @@ class Trainer(TrainerCheckpoints):
             if (c.checkpoint_every and self._due(c.checkpoint_every, before)) or final:
                 self.save_checkpoint()
 
+    def train_step(self) -> tuple[list[float], dict[str, torch.Tensor] | None]:
+        """One step of every env (with workers: the chunks that arrived) and the updates it
+        earns, in the order ``update_during_env_step`` says; what ``run`` repeats. Returns the
+        returns of the episodes that ended, and the metrics of the last update run (None:
+        none ran)."""
+        before = self.step
+        if not self.update_during_env_step:
+            finished = self.env_step() if self.pool is None else self.receive()
+            return finished, self.learn(self.step - before)
+        # The updates earned so far are launched after the actions are chosen (which wait
+        # for the GPU) and before the envs step, so that the GPU runs them meanwhile.
+        if self.pool is None:
+            actions = self._timed_actions()
+            metrics = self._pay_updates()
+            finished = self._step_envs(*actions)
+        else:
+            metrics = self._pay_updates()
+            finished = self.receive()
+        self._earn_updates(self.step - before)
+        return finished, metrics
+
     def env_step(self) -> list[float]:
         """One step of every env: act, step, store, reset the envs whose episode ended.
         Returns the returns of the episodes that ended."""
+        return self._step_envs(*self._timed_actions())
+
+    def _timed_actions(self) -> tuple[np.ndarray, np.ndarray]:
         if self.runner is None:
             raise RuntimeError("env_step steps envs of this process; with workers, call "
                                "receive")
-        t, c = self.timers, self.config
         t0 = time.perf_counter()
-        action, env_action = self._actions()
+        actions = self._actions()
+        self.timers["act"] += time.perf_counter() - t0
+        return actions
+
+    def _step_envs(self, action: np.ndarray, env_action: np.ndarray) -> list[float]:
+        """Step every env with ``env_action``, store the steps (``action`` in [-1, 1]) and
+        reset the envs whose episode ended; the returns of those episodes."""
+        t, c = self.timers, self.config
         t1 = time.perf_counter()
         runner = self.runner
         next_frame, reward, terminated, truncated = runner.step(env_action)
@@ -242,7 +275,6 @@ class Trainer(TrainerCheckpoints):
         t3 = time.perf_counter()
         finished = runner.advance(next_frame, reward, terminated, truncated)
         t4 = time.perf_counter()
-        t["act"] += t1 - t0
         t["env"] += (t2 - t1) + (t4 - t3)
         t["buffer"] += t3 - t2
         self.step += c.num_envs
@@ -281,16 +313,26 @@ class Trainer(TrainerCheckpoints):
     def learn(self, steps: int | None = None) -> dict[str, torch.Tensor] | None:
         """The updates due after ``steps`` more env steps (None: one step of every env); the
         last one's metrics (None: none)."""
+        self._earn_updates(self.config.num_envs if steps is None else steps)
+        return self._pay_updates()
+
+    def _earn_updates(self, steps: int) -> None:
+        """Add the updates that ``steps`` env steps, the latest ones, earn."""
         c = self.config
         if self.step < c.learning_starts or not self._can_sample():
-            return None
-        steps = c.num_envs if steps is None else steps
+            return
         # Only the steps from learning_starts on earn updates (where these cross it).
         self.update_debt += c.updates_per_step * min(steps, self.step - c.learning_starts + 1)
+
+    def _pay_updates(self) -> dict[str, torch.Tensor] | None:
+        """Run the updates earned so far (as many as there are whole ones); the last one's
+        metrics (None: none ran)."""
+        if self.update_debt < 1 or not self._can_sample():  # (a resume's buffer may refill)
+            return None
         metrics = None
         t0 = time.perf_counter()
         while self.update_debt >= 1:
-            batch = self.buffer.sample(c.batch_size, out=self.agent.input_batch())
+            batch = self.buffer.sample(self.config.batch_size, out=self.agent.input_batch())
             metrics = self.agent.update(batch)
             self.update_debt -= 1
         self.timers["update"] += time.perf_counter() - t0

@@ -81,8 +81,9 @@ def spy_on_chunks(trainer) -> list[dict]:
     return seen
 
 
-def test_workers_fill_their_streams_and_get_newer_weights(local_ray, tmp_path):
-    cfg = config(tmp_path)
+@pytest.mark.parametrize("during", [False, True])
+def test_workers_fill_their_streams_and_get_newer_weights(local_ray, tmp_path, during):
+    cfg = config(tmp_path, update_during_env_step=during)
     trainer = make_trainer(cfg)
     seen = spy_on_chunks(trainer)
     # Both actors up before the run: on a loaded machine one can take longer to start than

@@ -191,12 +191,15 @@ def params(agent) -> list[torch.Tensor]:
     return [p.detach().clone() for m in agent.modules.values() for p in m.parameters()]
 
 
-@pytest.mark.parametrize("num_envs", [1, 2])
-def test_resume_at_an_episode_boundary_equals_the_uninterrupted_run(tmp_path, num_envs):
+@pytest.mark.parametrize("num_envs, during", [(1, False), (2, False), (2, True)])
+def test_resume_at_an_episode_boundary_equals_the_uninterrupted_run(tmp_path, num_envs, during):
     # Pendulum's episodes last 200 steps; with num_envs envs they all end at 200 * num_envs.
+    # With the updates during the env step, the last step's are saved undone: the resumed
+    # run does them where the uninterrupted one did.
     stop, total = 200 * num_envs, 300 * num_envs
-    full = train(quick(tmp_path / "a", num_envs=num_envs, total_steps=total))
-    part = quick(tmp_path / "b", num_envs=num_envs, total_steps=stop)
+    kw = dict(num_envs=num_envs, update_during_env_step=during)
+    full = train(quick(tmp_path / "a", total_steps=total, **kw))
+    part = quick(tmp_path / "b", total_steps=stop, **kw)
     train(part)
     resumed = train(dataclasses.replace(part, total_steps=total), resume=part.run_dir)
     for p, q in zip(params(full.agent), params(resumed.agent)):
@@ -231,13 +234,52 @@ def test_resume_mid_episode_restarts_the_episodes_in_flight(tmp_path):
     check_no_transition_joins_episodes(r.buffer, TINY.gamma)
 
 
-def test_resume_without_a_saved_buffer_refills_one(tmp_path):
-    cfg = quick(tmp_path, total_steps=200, save_buffer=False)
+@pytest.mark.parametrize("during", [False, True])
+def test_resume_without_a_saved_buffer_refills_one(tmp_path, during):
+    cfg = quick(tmp_path, total_steps=200, save_buffer=False, update_during_env_step=during)
     before = train(cfg).agent.updates
     r = train(dataclasses.replace(cfg, total_steps=400), resume=cfg.run_dir)
     assert len(r.buffer) == 200  # only the steps after the resume
-    # updates resumed once the new buffer held a batch: 200 steps minus the first 32
+    # updates resumed once the new buffer held a batch: 200 steps minus the first 32 (with
+    # the updates during the env step: the one saved undone, minus the last step's)
     assert r.agent.updates == before + 200 - 31
+
+
+@pytest.mark.parametrize("updates_per_step", [1.0, 0.5, 2.0])
+def test_updates_during_the_env_step_see_the_same_steps_with_the_actor_one_update_behind(
+        tmp_path, monkeypatch, updates_per_step):
+    """The same run, the updates after or during the env step: each update draws the same
+    batch (an actor that ignores its weights keeps the buffers alike), at the same step; the
+    actor that chooses each action has done the updates of the steps before the last one."""
+    starts, total = 100, 300
+    monkeypatch.setattr(trainer_module.SAC, "act", lambda agent, obs: seen_acts.append(
+        agent.updates) or np.tanh(obs[:, :1]).astype(np.float32))
+    runs = {}
+    for during in (False, True):
+        seen_acts, updates = [], []
+        cfg = quick(tmp_path / str(during), total_steps=total, learning_starts=starts,
+                    updates_per_step=updates_per_step, update_during_env_step=during)
+        trainer = make_trainer(cfg)
+        update = trainer.agent.update
+
+        def spy(batch, trainer=trainer, update=update, updates=updates):
+            updates.append((trainer.step, tuple(t.clone() for t in batch)))
+            return update(batch)
+        trainer.agent.update = spy
+        trainer.run()
+        runs[during] = seen_acts, updates
+    # The whole updates earned once s steps are counted: updates_per_step per step from the
+    # one that makes learning_starts on.
+    def due(s):
+        return int(updates_per_step * (s - starts + 1)) if s >= starts else 0
+    # Actions are chosen at steps starts .. total - 1 (counted before the step).
+    assert runs[False][0] == [due(s) for s in range(starts, total)]
+    assert runs[True][0] == [due(s - 1) for s in range(starts, total)]
+    after, during = runs[False][1], runs[True][1]
+    assert len(after) == due(total) and len(during) == due(total - 1)  # (the last step's)
+    for (step_a, batch_a), (step_d, batch_d) in zip(after, during):
+        assert step_a == step_d
+        assert all(torch.equal(a, d) for a, d in zip(batch_a, batch_d))
 
 
 def test_resume_at_a_boundary_is_exact_for_pixels_in_eager_mode(tmp_path):
@@ -512,15 +554,16 @@ def test_a_run_closes_every_env_it_made(tmp_path, monkeypatch):
     ("fastsac/PointMass-v0", dict(frame_stack=3), True)])
 def test_training_on_cuda_with_a_graph(tmp_path, env, kw, prefetch):
     """The CUDA loop as `fastsac train --device cuda` runs it: batches sampled (prefetched,
-    for images by default) into the graph's inputs, the update replayed (the default on CUDA),
-    act() through pinned staging."""
+    for images by default) into the graph's inputs, the update replayed (the default on CUDA)
+    during the env step, act() through pinned staging."""
     cfg = quick(tmp_path, env=env, device="cuda", total_steps=500, checkpoint_every=500,
                 **kw)
     trainer = make_trainer(cfg)
     assert trainer.prefetch is prefetch and trainer.buffer.device == trainer.agent.device
-    assert trainer.agent.config.cuda_graph is True
+    assert trainer.agent.config.cuda_graph is True and trainer.update_during_env_step is True
     result = trainer.run()
-    updates = cfg.total_steps - cfg.learning_starts + 1  # from the step learning starts at
+    # From the step learning starts at, the last step's left for the next (during env steps)
+    updates = cfg.total_steps - cfg.learning_starts
     assert result.agent.updates == updates and result.agent.input_batch() is not None
     for p in result.agent.modules["critic"].parameters():
         assert torch.isfinite(p).all()
@@ -544,6 +587,7 @@ def test_prefetch_is_off_on_the_cpu_unless_asked_for(tmp_path, prefetch):
     cfg = quick(tmp_path, prefetch=prefetch, total_steps=200)
     trainer = make_trainer(cfg)
     assert trainer.prefetch is bool(prefetch)
+    assert trainer.update_during_env_step is False  # (nothing overlaps on the CPU)
     assert (trainer.buffer._prefetcher is not None) is bool(prefetch)
     result = trainer.run()
     assert result.agent.updates == cfg.total_steps - cfg.learning_starts + 1

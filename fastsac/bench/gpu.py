@@ -6,8 +6,8 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
   each of the last two in fastsac's CUDA graph, and the seed-style learner fed by its numpy
   buffer;
 - end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
-  fastsac's loop with its defaults (a CUDA graph) and candidate variants (prefetch, the update
-  before the env step, torch.compile) against the seed-style loop on the same GPU, then a
+  fastsac's loop with its defaults (a CUDA graph, the update during the env step) and
+  candidate variants (the update after the env step, prefetch, torch.compile) against the seed-style loop on the same GPU, then a
   profile (torch.profiler) of where the host's time goes in fastsac's loop;
 - ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3; frames in host
   and in device memory), against the seed-style buffer's batch moved to the GPU;
@@ -160,27 +160,26 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     # 12 turns of five fastsac loops and the seed-style one: about a minute at the rates of
     # earlier GPU runs.
     starts, blocks, calls = (300, 2, (10, 5)) if quick else (5_000, 12, (500, 100))
-    # Candidates for the default, timed in the same turns: each vector batch prefetched, the
-    # update launched before the env step so that the GPU runs it meanwhile, torch.compile.
-    variants = {"prefetch": ({"prefetch": True}, False), "update first": ({}, True),
-                "torch.compile": ({"sac": SACConfig(compile="torch")}, False)}
-    if device.type == "cuda":
-        variants["torch.compile + graph"] = ({"sac": SACConfig(compile="torch",
-                                                               cuda_graph=True)}, False)
+    # Candidates for the default, timed in the same turns: the updates in the other order
+    # with the env step, each vector batch prefetched, torch.compile.
+    cuda = device.type == "cuda"
+    order = "update after the env step" if cuda else "update during the env step"
+    variants = {order: {"update_during_env_step": not cuda}, "prefetch": {"prefetch": True},
+                "torch.compile": {"sac": SACConfig(compile="torch")}}
+    if cuda:
+        variants["torch.compile + graph"] = {"sac": SACConfig(compile="torch", cuda_graph=True)}
     sps = bench_train.loop_rates(tmp / "gpu", starts, blocks, calls, device=str(device),
                                  sac=SACConfig(), variants=variants)  # a CUDA graph on CUDA
-    cuda = device.type == "cuda"
     split = ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in sps["split"].items())
     name = f"training steps/s on {device}, {bench_train.ENV}, after learning starts"
     rows = [row(name, "1/s", sps["fastsac"], sps["seed"], lower_is_better=False,
                 target=1000.0 if cuda else None,
                 note="one env, 256x256, batch 256, one update per step; fastsac's defaults"
-                     + (" (a CUDA graph)" if cuda else "")
+                     + (" (a CUDA graph, the update during the env step)" if cuda else "")
                      + ", the seed-style loop with its learner on the same device. fastsac "
                      f"per step: {split}"
                      + (" (act includes waiting for the GPU)" if cuda else ""))]
-    notes = {"prefetch": "prefetch=True",
-             "update first": "learn() before env_step(): each update misses the newest step",
+    notes = {order: f"update_during_env_step={not cuda}", "prefetch": "prefetch=True",
              "torch.compile": "compile='torch' (on CUDA: torch's CUDA graphs)",
              "torch.compile + graph": "compile='torch', cuda_graph=True"}
     return rows + [row(f"{name}, {k}", "1/s", sps[k], sps["seed"], lower_is_better=False,
@@ -189,7 +188,7 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
 
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     """No rows: logs where the host's time goes in fastsac's training steps, by torch's
-    profiler (self CPU time per op and CUDA runtime call, with env_step and learn marked)."""
+    profiler (self CPU time per op and CUDA runtime call, with each train_step marked)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     starts, warm, steps = (300, 5, 5) if quick else (5_000, 200, 300)
@@ -198,18 +197,15 @@ def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
                                            else [])
     try:
         while trainer.step < starts + warm:  # past the graph's capture
-            trainer.env_step()
-            trainer.learn()
+            trainer.train_step()
         log(f"gpu: profiling {steps} training steps on {device}")
         with warnings.catch_warnings():
             # (torch 2.11 warns that events are cleared between cycles; this profile has one)
             warnings.filterwarnings("ignore", message=".*Profiler clears events")
             with profile(activities=activities) as prof:
                 for _ in range(steps):
-                    with record_function("env_step"):
-                        trainer.env_step()
-                    with record_function("learn"):
-                        trainer.learn()
+                    with record_function("train_step"):
+                        trainer.train_step()
     finally:
         trainer.close()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)

@@ -62,28 +62,26 @@ class SeedLoop:
 
 def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
                device: str = "cpu", sac: SACConfig = SACConfig(),
-               variants: dict[str, tuple[dict, bool]] | None = None) -> dict:
-    """Training steps/s after learning starts of fastsac's loop (``Trainer.env_step`` +
-    ``learn``) and of the seed-style loop, one env each, timed in turn in blocks of ``calls``
-    steps (fastsac's, seed-style's); and under "split", fastsac's seconds per step in each of
-    its timers (act, env, buffer, update) over those blocks.
+               variants: dict[str, dict] | None = None) -> dict:
+    """Training steps/s after learning starts of fastsac's loop (``Trainer.train_step``, what
+    ``fastsac train`` repeats) and of the seed-style loop, one env each, timed in turn in
+    blocks of ``calls`` steps (fastsac's, seed-style's); and under "split", fastsac's seconds
+    per step in each of its timers (act, env, buffer, update) over those blocks.
 
-    ``variants``: more fastsac loops timed in the same turns, name -> (TrainConfig options,
-    ``sac`` included, whether ``learn`` comes before ``env_step``, so that the update runs
-    during the env step).
+    ``variants``: more fastsac loops timed in the same turns, name -> TrainConfig options
+    (``sac`` included).
     """
-    loops = {"fastsac": ({}, False), **(variants or {})}
+    loops = {"fastsac": {}, **(variants or {})}
     trainers, steps = {}, {}
     seed = None
     try:
-        for name, (options, update_first) in loops.items():
+        for name, options in loops.items():
             torch.manual_seed(0)
             tr = trainers[name] = _trainer(tmp / name, device=device, learning_starts=starts,
                                            **{"sac": sac, **options})
             while tr.step < starts:
                 tr.env_step()
-            steps[name] = ((lambda tr=tr: (tr.learn(), tr.env_step())) if update_first else
-                           (lambda tr=tr: (tr.env_step(), tr.learn())))
+            steps[name] = tr.train_step
             for _ in range(20):  # the first updates compile (and capture a CUDA graph)
                 steps[name]()
         seed = SeedLoop(256, starts, device=device)

@@ -31,18 +31,12 @@ NEVER = 10**12  # learning_starts that collection never reaches
 
 
 def _rates(trainers: dict[str, Trainer], seconds: float, blocks: int) -> dict[str, list[float]]:
-    """Env steps/s of each trainer's collection (``env_step`` or ``receive``), then learning
-    as its config says, in blocks of ``seconds`` taken in turn."""
+    """Env steps/s of each trainer's ``train_step`` (collection, then learning as its
+    config says), in blocks of ``seconds`` taken in turn."""
     out: dict[str, list[float]] = {k: [] for k in trainers}
     for _ in range(blocks):
         for name, tr in trainers.items():
-            def step(tr=tr):
-                before = tr.step
-                if tr.pool is None:
-                    tr.env_step()
-                else:
-                    tr.receive()
-                tr.learn(tr.step - before)
+            step = tr.train_step
             step()  # workers: takes the chunks they collected while the others ran
             s0, u0, t0 = tr.step, tr.agent.updates, time.perf_counter()
             while (t := time.perf_counter()) - t0 < seconds:
