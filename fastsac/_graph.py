@@ -26,6 +26,7 @@ class GraphedUpdate:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: Batch | None = None
         self.metrics: dict[str, torch.Tensor] = {}
+        self.packed: torch.Tensor | None = None  # the metrics in one tensor, where they fit
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.graph is None:
@@ -38,7 +39,10 @@ class GraphedUpdate:
             for s, b in zip(self.static, batch):
                 s.copy_(b, non_blocking=True)
         self.graph.replay()
-        return {k: v.clone() for k, v in self.metrics.items()}  # the next replay reuses them
+        # The next replay overwrites the graph's outputs: one copy of the packed metrics.
+        if self.packed is None:
+            return {k: v.clone() for k, v in self.metrics.items()}
+        return dict(zip(self.metrics, self.packed.clone().unbind()))
 
     def _capture(self, batch: Batch) -> None:
         # The agent's GPU, whichever is current: streams, graph and pools belong to one device.
@@ -68,6 +72,9 @@ class GraphedUpdate:
             # meanwhile may allocate and synchronise; only this thread's calls are captured.
             with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.metrics = self.update_fn(self.static)
+                values = list(self.metrics.values())
+                if values and all(v.dim() == 0 and v.dtype == values[0].dtype for v in values):
+                    self.packed = torch.stack(values)
             # Replays draw from the generator's state when they run: start them where the
             # warm-up started, as the update without a graph would.
             torch.cuda.set_rng_state(rng, self.device)

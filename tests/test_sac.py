@@ -390,6 +390,13 @@ def test_cuda_graph_update_equals_the_ungraphed_update():
     _update_both(plain, graphed, range(50))
     _assert_same_parameters(plain, graphed)
     assert graphed.updates == 50
+    # Metrics are the graphed update's own: the next replay leaves them as they were.
+    metrics = graphed.update(Batch(*(t.cuda() for t in fixed_batch(0))))
+    values = {k: v.item() for k, v in metrics.items()}
+    assert graphed._graphed.packed is not None and len(values) == 6
+    graphed.update(Batch(*(t.cuda() for t in fixed_batch(1))))
+    assert {k: v.item() for k, v in metrics.items()} == values
+    assert values != {k: v.item() for k, v in graphed._graphed.metrics.items()}
     with pytest.raises(ValueError, match="shape"):
         graphed.update(Batch(*(t[:8].cuda() for t in fixed_batch(0))))
 
