@@ -176,10 +176,11 @@ class TrainConfig:
     vector batch gathers in microseconds, less than prefetching can cost (BENCHMARKS.md)."""
     update_during_env_step: bool | None = None
     """Launch the updates that the last env step earned after choosing the next actions and
-    before stepping the envs (with workers: before storing the next chunks), so that a GPU
-    runs them while the envs step. The updates see the same transitions; the actions come
-    from the actor one update behind, and the last step's updates run at the next step (a
-    resumed run's). Not set (None): on with CUDA, off on the CPU, where nothing overlaps."""
+    before stepping the envs, so that a GPU runs them while the envs step. The updates see
+    the same transitions; the actions come from the actor one step's updates behind, and the
+    last step's updates run at the next step (a resumed run's). Not set (None): on with CUDA,
+    off on the CPU, where nothing overlaps, and with workers, whose chunks the learner waits
+    for while its updates run."""
     buffer_path: str = ""
     """A directory to keep the replay buffer's slots in, in a memory-mapped file allocated up
     front, so that its capacity is bounded by the disk rather than RAM (the page cache keeps
@@ -253,6 +254,10 @@ class TrainConfig:
         if self.num_envs != 1:
             raise ValueError("num_envs: with workers each worker steps envs_per_worker envs; "
                              "leave num_envs at 1")
+        if self.update_during_env_step:
+            raise ValueError("update_during_env_step orders the envs of this process; with "
+                             "workers the updates run while the learner waits for chunks: "
+                             "leave it unset")
         if self.vector_env != "sync":
             raise ValueError("vector_env='async' steps envs in subprocesses of this process; "
                              "with workers the envs step in the workers: drop one of them")

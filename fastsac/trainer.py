@@ -134,7 +134,8 @@ class Trainer(TrainerCheckpoints):
         self.step = 0
         self.update_debt = 0.0
         self.update_during_env_step = c.update_during_env_step \
-            if c.update_during_env_step is not None else self.device.type == "cuda"
+            if c.update_during_env_step is not None else (self.device.type == "cuda"
+                                                           and not c.workers)
         self._sampleable = False
         self.eval_returns: dict[int, float] = {}
         self.started = False
@@ -152,7 +153,7 @@ class Trainer(TrainerCheckpoints):
     def start(self) -> None:
         """Reset every env: to its first episode, or, after ``restore``, to the start of the
         episode it was in (with workers: to its next episode). ``run`` calls it; call it
-        yourself to drive ``env_step`` and ``learn`` directly."""
+        yourself to drive ``train_step`` (or ``env_step`` and ``learn``) directly."""
         if self.pool is not None:
             self.pool.start(self._weights(), self.agent.updates)
         else:
@@ -233,18 +234,14 @@ class Trainer(TrainerCheckpoints):
         returns of the episodes that ended, and the metrics of the last update run (None:
         none ran)."""
         before = self.step
-        if not self.update_during_env_step:
+        if not self.update_during_env_step:  # (with workers: they run while chunks come)
             finished = self.env_step() if self.pool is None else self.receive()
             return finished, self.learn(self.step - before)
         # The updates earned so far are launched after the actions are chosen (which wait
         # for the GPU) and before the envs step, so that the GPU runs them meanwhile.
-        if self.pool is None:
-            actions = self._timed_actions()
-            metrics = self._pay_updates()
-            finished = self._step_envs(*actions)
-        else:
-            metrics = self._pay_updates()
-            finished = self.receive()
+        actions = self._timed_actions()
+        metrics = self._pay_updates()
+        finished = self._step_envs(*actions)
         self._earn_updates(self.step - before)
         return finished, metrics
 

@@ -246,11 +246,12 @@ def test_resume_without_a_saved_buffer_refills_one(tmp_path, during):
 
 
 @pytest.mark.parametrize("updates_per_step", [1.0, 0.5, 2.0])
-def test_updates_during_the_env_step_see_the_same_steps_with_the_actor_one_update_behind(
+def test_updates_during_the_env_step_see_the_same_steps_with_the_actor_one_step_behind(
         tmp_path, monkeypatch, updates_per_step):
     """The same run, the updates after or during the env step: each update draws the same
     batch (an actor that ignores its weights keeps the buffers alike), at the same step; the
-    actor that chooses each action has done the updates of the steps before the last one."""
+    actor that chooses each action has done the updates of the steps before the last one,
+    and the log rows hold the metrics of the updates done by then."""
     starts, total = 100, 300
     monkeypatch.setattr(trainer_module.SAC, "act", lambda agent, obs: seen_acts.append(
         agent.updates) or np.tanh(obs[:, :1]).astype(np.float32))
@@ -267,7 +268,9 @@ def test_updates_during_the_env_step_see_the_same_steps_with_the_actor_one_updat
             return update(batch)
         trainer.agent.update = spy
         trainer.run()
-        runs[during] = seen_acts, updates
+        logged = [s for s, _ in read_metrics(tmp_path / str(during) / "run" / "metrics.csv")
+                  ["loss/critic"]]
+        runs[during] = seen_acts, updates, logged
     # The whole updates earned once s steps are counted: updates_per_step per step from the
     # one that makes learning_starts on.
     def due(s):
@@ -277,6 +280,10 @@ def test_updates_during_the_env_step_see_the_same_steps_with_the_actor_one_updat
     assert runs[True][0] == [due(s - 1) for s in range(starts, total)]
     after, during = runs[False][1], runs[True][1]
     assert len(after) == due(total) and len(during) == due(total - 1)  # (the last step's)
+    # Rows every 100 steps, from the first after an update: the step that earns it, or the next
+    first = min(s for s in range(starts, total) if due(s) >= 1)
+    assert runs[False][2] == [s for s in (100, 200, 300) if s >= first]
+    assert runs[True][2] == [s for s in (100, 200, 300) if s >= first + 1]
     for (step_a, batch_a), (step_d, batch_d) in zip(after, during):
         assert step_a == step_d
         assert all(torch.equal(a, d) for a, d in zip(batch_a, batch_d))
@@ -567,8 +574,10 @@ def test_training_on_cuda_with_a_graph(tmp_path, env, kw, prefetch):
     assert result.agent.updates == updates and result.agent.input_batch() is not None
     for p in result.agent.modules["critic"].parameters():
         assert torch.isfinite(p).all()
-    losses = [v for _, v in read_metrics(result.run_dir / "metrics.csv")["loss/critic"]]
-    assert len(losses) == cfg.total_steps // cfg.log_every and np.isfinite(losses).all()
+    logged = read_metrics(result.run_dir / "metrics.csv")["loss/critic"]
+    # (rows from the first one after an update: at learning_starts none has run yet)
+    assert [s for s, _ in logged] == list(range(200, cfg.total_steps + 1, cfg.log_every))
+    assert np.isfinite([v for _, v in logged]).all()
     resumed = make_trainer(dataclasses.replace(cfg, total_steps=600), resume=result.run_dir)
     assert resumed.run().agent.updates == updates + 100
 

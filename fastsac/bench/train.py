@@ -1,8 +1,8 @@
 """``fastsac bench train``: end-to-end training on HalfCheetah-v5 (MuJoCo).
 
 - Vector: one env, hidden (256, 256), batch 256, one update per env step, after learning
-  starts. fastsac's own training loop (``Trainer.env_step`` + ``Trainer.learn``, what
-  ``fastsac train`` runs) next to a seed-style loop built from the seed-style buffer and
+  starts. fastsac's own training loop (``Trainer.train_step``, what ``fastsac train``
+  repeats) next to a seed-style loop built from the seed-style buffer and
   learner (act, env step, store, sample, learn), in alternating blocks.
 - Pixels: 84x84 RGB, frame stack 3, batch 256: env steps/s and where the time goes.
 - Rendering: an 84x84 frame as fastsac renders it (no shadows, reflections or multisampling)
@@ -122,15 +122,13 @@ def _pixel_rows(quick: bool, tmp: Path) -> list[dict]:
                   batch_size=batch, buffer_size=10_000)
     while px.step < starts:
         px.env_step()
-    px.env_step()
-    px.learn()  # the first update compiles
+    px.train_step()  # the first update compiles
     renders = [e.render_seconds for e in px.runner.envs.envs]
     before = dict(px.timers)
     log(f"train: timing {steps} pixel training steps (batch {batch})")
     t0 = time.perf_counter()
     for _ in range(steps):
-        px.env_step()
-        px.learn()
+        px.train_step()
     elapsed = time.perf_counter() - t0
     spent = {k: (px.timers[k] - before[k]) / steps for k in before}
     render = (sum(e.render_seconds for e in px.runner.envs.envs) - sum(renders)) / steps
