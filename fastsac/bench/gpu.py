@@ -8,7 +8,8 @@ each timed in one process, block by block in turn (``benchmarks/gpu_check.sh`` r
 - end to end on HalfCheetah-v5 (the mujoco extra), one env: steps/s after learning starts,
   fastsac's loop with its defaults (a CUDA graph, the update during the env step) and
   candidate variants (the update after the env step, prefetch, torch.compile) against the
-  seed-style loop on the same GPU, then a profile (torch.profiler) of where the host's time goes in fastsac's loop;
+  seed-style loop on the same GPU, then a profile (torch.profiler) of where the host's time
+  goes in fastsac's loop;
 - ``sample(256)`` to the GPU, vector (1M x 17) and images (3x84x84, stack 3; frames in host
   and in device memory), against the seed-style buffer's batch moved to the GPU;
 - sample + pixel update per second with frames in host memory, prefetched, and in device

@@ -36,11 +36,10 @@ def _rates(trainers: dict[str, Trainer], seconds: float, blocks: int) -> dict[st
     out: dict[str, list[float]] = {k: [] for k in trainers}
     for _ in range(blocks):
         for name, tr in trainers.items():
-            step = tr.train_step
-            step()  # workers: takes the chunks they collected while the others ran
+            tr.train_step()  # workers: takes the chunks they collected while the others ran
             s0, u0, t0 = tr.step, tr.agent.updates, time.perf_counter()
             while (t := time.perf_counter()) - t0 < seconds:
-                step()
+                tr.train_step()
             out[name].append((tr.step - s0) / (t - t0))
             out.setdefault(name + " updates", []).append((tr.agent.updates - u0) / (t - t0))
     return out
