@@ -51,16 +51,20 @@ cd "$(mktemp -d)"  # an empty directory: nothing in it shadows an installed pack
 # stacks dumped, so that a run cut short still shows what passed and where it stopped.
 pytest=("$py" -m pytest -p no:cacheprovider -o faulthandler_timeout=100
         -c "$repo/pyproject.toml" --rootdir "$repo")
-cuda_files=("$repo/tests/test_sac.py" "$repo/tests/test_buffers.py" "$repo/tests/test_trainer.py")
-# Last in their part: they compile for a while; the rest of their file runs later.
+cuda_files=("$repo/tests/test_sac.py" "$repo/tests/test_buffers.py")
+cuda_tests=(tests/test_trainer.py::test_training_on_cuda_with_a_graph)
+# In a run of their own, with a time limit of their own: they compile for a while.
 compiled=(tests/test_compile.py::test_the_compiled_update_on_cuda_equals_the_eager_update
           tests/test_compile.py::test_inductors_own_noise_on_cuda_is_new_at_every_update)
+cap() { local t=$(left "$2"); echo $((t > $1 ? $1 : t)); }  # at most $1, keeping $2
 tests=- bench=- rest=-  # "-": not run
 if [[ $parts == *" cuda-tests "* ]]; then
   echo "+ tests of the CUDA path"
-  t=$(($(left 0) / 2)); [ "$t" -gt 220 ] && t=220  # the other half for what follows
-  timeout "$t" "${pytest[@]}" -v "${cuda_files[@]}" "${compiled[@]/#/$repo/}"
+  timeout "$(cap 120 300)" "${pytest[@]}" -v "${cuda_files[@]}" "${cuda_tests[@]/#/$repo/}"
   tests=$?
+  echo "+ tests of the compiled update on CUDA"
+  timeout "$(cap 150 240)" "${pytest[@]}" -v "${compiled[@]/#/$repo/}"
+  s=$?; [ "$tests" -eq 0 ] && tests=$s
 fi
 if [[ $parts == *" bench "* ]]; then
   echo "+ fastsac bench gpu ${BENCH_ARGS:-}"
@@ -72,7 +76,7 @@ if [[ $parts == *" other-tests "* ]]; then
   t=$(left 0)
   if [ "$t" -ge 30 ]; then
     timeout "$t" "${pytest[@]}" -q "$repo/tests" "${cuda_files[@]/#/--ignore=}" \
-      "${compiled[@]/#/--deselect=}"
+      "${cuda_tests[@]/#/--deselect=}" "${compiled[@]/#/--deselect=}"
     rest=$?
   else
     echo "no time left for them"

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from fastsac import cli
 from fastsac.bench import gpu
@@ -94,8 +95,9 @@ def test_bench_gpu_quick_runs_on_whatever_device_there_is(tmp_path, monkeypatch,
         import mujoco  # noqa: F401
     except ImportError:
         return  # (the mujoco extra: no end-to-end rows)
-    # The end-to-end loop with its defaults and three variants, then its profile (logged).
-    assert cases.count("training steps/s") == 4
+    # The end-to-end loop with its defaults and three variants (four on CUDA), then its
+    # profile (logged).
+    assert cases.count("training steps/s") == 4 + torch.cuda.is_available()
     profile = capsys.readouterr().err.split("host time of", 1)[1]
     names = [line.split()[0] for line in profile.splitlines() if line.strip()[:1].isalpha()]
     assert "train_step" in names
