@@ -189,7 +189,8 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
 
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
     """No rows: logs where the host's time goes in fastsac's training steps, by torch's
-    profiler (self CPU time per op and CUDA runtime call, with each train_step marked)."""
+    profiler (self CPU time per op and CUDA runtime call, with each train_step marked), and
+    on CUDA the GPU's time per kernel."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     starts, warm, steps = (300, 5, 5) if quick else (5_000, 200, 300)
@@ -209,8 +210,12 @@ def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
                         trainer.train_step()
     finally:
         trainer.close()
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    averages = prof.key_averages()
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=30)
     log(f"gpu: host time of {steps} training steps, by self CPU time\n{table}")
+    if device.type == "cuda":  # what the GPU spends its time on: the kernels to fuse or drop
+        table = averages.table(sort_by="self_device_time_total", row_limit=30)
+        log(f"gpu: GPU time of {steps} training steps, by kernel\n{table}")
     return []
 
 
