@@ -26,7 +26,7 @@ class GraphedUpdate:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: Batch | None = None
         self.metrics: dict[str, torch.Tensor] = {}
-        self.packed: torch.Tensor | None = None  # the metrics in one tensor, where they fit
+        self.packed: torch.Tensor | None = None  # the metrics (scalars) in one tensor
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.graph is None:
@@ -40,8 +40,6 @@ class GraphedUpdate:
                 s.copy_(b, non_blocking=True)
         self.graph.replay()
         # The next replay overwrites the graph's outputs: one copy of the packed metrics.
-        if self.packed is None:
-            return {k: v.clone() for k, v in self.metrics.items()}
         return dict(zip(self.metrics, self.packed.clone().unbind()))
 
     def _capture(self, batch: Batch) -> None:
@@ -72,9 +70,7 @@ class GraphedUpdate:
             # meanwhile may allocate and synchronise; only this thread's calls are captured.
             with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
                 self.metrics = self.update_fn(self.static)
-                values = list(self.metrics.values())
-                if values and all(v.dim() == 0 and v.dtype == values[0].dtype for v in values):
-                    self.packed = torch.stack(values)
+                self.packed = torch.stack(list(self.metrics.values()))
             # Replays draw from the generator's state when they run: start them where the
             # warm-up started, as the update without a graph would.
             torch.cuda.set_rng_state(rng, self.device)
