@@ -327,12 +327,12 @@ class ReplayBuffer(BufferPersistence):
             discount=((batch_size,), torch.float32))
         if not isinstance(out, Batch):
             raise TypeError(f"out must be a Batch of tensors, got {type(out).__name__}")
-        for name, t, (shape, dtype) in zip(Batch._fields, out, expected):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape \
+        for name, t, (want, dtype) in zip(Batch._fields, out, expected):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != want \
                     or t.dtype != dtype or t.device != self.device or not t.is_contiguous():
                 got = (f"{tuple(t.shape)} {t.dtype} on {t.device}"
                        if isinstance(t, torch.Tensor) else type(t).__name__)
-                raise ValueError(f"out.{name} must be a contiguous {shape} {dtype} tensor on "
+                raise ValueError(f"out.{name} must be a contiguous {want} {dtype} tensor on "
                                  f"{self.device}, got {got}")
 
     def _sample_device_memory(self, batch_size: int, out: Batch | None = None) -> Batch:

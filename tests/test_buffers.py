@@ -695,10 +695,10 @@ def test_cuda_means_the_current_gpu_as_the_tensors_made_on_it_say(monkeypatch):
     a buffer that kept the bare name refused every out= batch made on its own device."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
-    for given, want in (("cuda", "cuda:2"), ("cuda:1", "cuda:1"), (torch.device("cuda"), "cuda:2"),
-                        ("cpu", "cpu")):
-        buf = ReplayBuffer(**CFG, device=given, pin_memory=False)
-        assert buf.device == torch.device(want), given
+    for name, want in (("cuda", "cuda:2"), ("cuda:1", "cuda:1"), (torch.device("cuda"), "cuda:2"),
+                       ("cpu", "cpu")):
+        buf = ReplayBuffer(**CFG, device=name, pin_memory=False)
+        assert buf.device == torch.device(want), name
     with pytest.raises(ValueError, match="device must name a torch device, got 'gpu'"):
         ReplayBuffer(**CFG, device="gpu")
 

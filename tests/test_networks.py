@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fastsac import networks
-from fastsac.networks import Actor, CriticEnsemble, LogStd, NumpyActor, compile_module
+from fastsac.networks import Actor, LogStd, NumpyActor, compile_module
 
 
 def _actor() -> Actor:

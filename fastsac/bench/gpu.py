@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from fastsac.batch import Batch
-from fastsac.bench import buffer as bench_buffer
+from fastsac.bench import _buffer_setup as buffer_setup
 from fastsac.bench import train as bench_train
 from fastsac.bench import update as bench_update
 from fastsac.bench._util import (block, format_table, interleaved, log, median, row,
@@ -86,12 +86,12 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
 
 
 def _sample_rows(device: torch.device, quick: bool) -> list[dict]:
-    sizes = bench_buffer.QUICK if quick else bench_buffer.FULL
-    v = bench_buffer.VectorSetup(sizes, device=device)
+    sizes = buffer_setup.QUICK if quick else buffer_setup.FULL
+    v = buffer_setup.VectorSetup(sizes, device=device)
     rows = [_sample_row("vector", v.fast, v.seed, f"{sizes.vector_capacity:,} x {OBS} f32",
                         device, quick)]
     del v
-    img = bench_buffer.ImageSetup(sizes, device=device)
+    img = buffer_setup.ImageSetup(sizes, device=device)
     rows.append(_sample_row("image", img.fast, img.seed_u8, "9x84x84 uint8 stacks", device,
                             quick))
     state, config = img.fast.state_dict(), img.fast.config()
