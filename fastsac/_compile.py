@@ -78,7 +78,9 @@ class CompiledUpdate:
             self._compiled = None
             _warn_eager(exc)
             return metrics
-        return {k: v.clone() for k, v in metrics.items()} if self._clone else metrics
+        if not self._clone:
+            return metrics
+        return dict(zip(metrics, torch.stack(list(metrics.values())).unbind()))  # one copy
 
     def _snapshot(self) -> tuple:
         cuda = self._device.type == "cuda"

@@ -57,12 +57,19 @@ class DeviceFrames:
     def write(self, obs: np.ndarray, next_obs: np.ndarray, obs_keys: np.ndarray,
               next_keys: np.ndarray, new_obs: np.ndarray, streams: np.ndarray) -> None:
         """Store the frames of one step of ``streams`` (after the core accepted it)."""
-        rows = np.concatenate([obs_keys[new_obs], next_keys])
-        frames = np.concatenate([obs[new_obs], next_obs])
-        self.frames[torch.from_numpy(rows).to(self.device)] = \
-            torch.from_numpy(frames).to(self.device)
+        rows = self._to_device(np.concatenate([obs_keys[new_obs], next_keys]))
+        self.frames[rows] = self._to_device(np.concatenate([obs[new_obs], next_obs]))
         self.last_next[streams] = next_obs
         self.known[streams] = True
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        # From pageable memory a copy would wait for all the GPU's queued work (the updates);
+        # from pinned memory it queues behind them. Torch's pinned-memory cache keeps the block
+        # until the copy has run.
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def gather(self, keys: torch.Tensor, stacked_shape: tuple[int, ...],
                out: torch.Tensor | None = None) -> torch.Tensor:

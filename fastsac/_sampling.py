@@ -1,17 +1,22 @@
 """Where sampled batches are gathered: staging memory allocated once per batch size (pinned
-for CUDA), and prefetching, which gathers the next batch in a background thread while the
+for CUDA, where a ring of them lets batches queue for the device), and prefetching, which gathers the next batch in a background thread while the
 caller trains on the last one.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from fastsac import _core
 from fastsac.batch import Batch
+
+# Batches of one size that a CUDA buffer's sampling may have queued for the device at once, each
+# from its own pinned staging: the updates a host may run ahead of the GPU.
+IN_FLIGHT = 8
 
 
 class Staging:
@@ -55,16 +60,60 @@ class Staging:
             for o, t in zip(out, self.host):
                 o.copy_(t)
             return out
-        with torch.cuda.device(self.device):
-            stream = stream or torch.cuda.current_stream()
+        # A copy runs on the current stream of the device it goes to: no device context needed.
+        if stream is None:
+            out = self._copy_out(out)
+            stream = torch.cuda.current_stream(self.device)
+        else:
             with torch.cuda.stream(stream):
-                if out is None:
-                    out = Batch(*(t.to(self.device, non_blocking=self.pin) for t in self.host))
-                else:
-                    for o, t in zip(out, self.host):
-                        o.copy_(t, non_blocking=self.pin)
-            self.copied.record(stream)
+                out = self._copy_out(out)
+        self.copied.record(stream)
         return out
+
+    def _copy_out(self, out: Batch | None) -> Batch:
+        if out is None:
+            return Batch(*(t.to(self.device, non_blocking=self.pin) for t in self.host))
+        for o, t in zip(out, self.host):
+            o.copy_(t, non_blocking=self.pin)
+        return out
+
+    def idle(self) -> bool:
+        """Whether taking this staging now would not wait: no thread is filling it and no copy
+        out of it is queued on the GPU."""
+        return not self.lock.locked() and (self.copied is None or self.copied.query())
+
+
+class StagingRing:
+    """The stagings of one batch size, taken in turn. On CUDA a staging stays busy until the
+    copy out of it has run, and that copy waits on its stream for the updates queued before
+    it: refilling a busy staging would make the host wait for the GPU, and let it run at most
+    one update ahead. The ring takes an idle staging instead, making another while it holds
+    fewer than ``limit`` (then it takes the next in turn, and waits). Off CUDA it holds one."""
+
+    def __init__(self, new: Callable[[], Staging], limit: int) -> None:
+        self._new, self._limit = new, limit
+        self.first = new()
+        self._stagings = [self.first]
+        self._turn = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._stagings)
+
+    def take(self) -> Staging:
+        with self._lock:
+            n = len(self._stagings)
+            for k in range(1, n + 1):
+                i = (self._turn + k) % n
+                if self._stagings[i].idle():
+                    self._turn = i
+                    return self._stagings[i]
+            if n < self._limit:
+                self._stagings.append(self._new())
+                self._turn = n
+            else:
+                self._turn = (self._turn + 1) % n
+            return self._stagings[self._turn]
 
 
 class Prefetcher:

@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import threading
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from fastsac import _core
 from fastsac._device_memory import KEY_BYTES, DeviceFrames
 from fastsac._buffer_persistence import BufferPersistence
 from fastsac._mapped import open_slots, storage_dir
-from fastsac._sampling import Prefetcher, Staging
+from fastsac._sampling import IN_FLIGHT, Prefetcher, Staging, StagingRing
 from fastsac._validate import (
     as_flags,
     as_float32,
@@ -146,7 +147,7 @@ class ReplayBuffer(BufferPersistence):
         self._all_streams = np.arange(self.num_envs, dtype=np.int64)
         self._out_checked: Batch | None = None
         self._core = self._new_core()
-        self._staging: dict[int, Staging] = {}
+        self._staging: dict[int, StagingRing] = {}  # by batch size
         self._threads = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                             else (os.cpu_count() or 1), 8)
         self._prefetcher = Prefetcher(self._new_staging, self._threads, self.device) \
@@ -309,12 +310,13 @@ class ReplayBuffer(BufferPersistence):
             return out
         if self._frames is not None:
             return self._sample_device_memory(batch_size, out)
-        staging = self._staging.get(batch_size)
-        if staging is None:
-            staging = self._staging[batch_size] = self._new_staging(batch_size)
+        ring = self._staging.get(batch_size)
+        if ring is None:
+            ring = self._staging[batch_size] = self._new_ring(batch_size)
         if self._on_cpu and not self.pin_memory and out is None:
-            staging.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
-            return staging.host
+            ring.first.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
+            return ring.first.host
+        staging = ring.take()
         with staging.lock:
             return staging.fill_and_copy(self._threads, out=out)
 
@@ -337,9 +339,10 @@ class ReplayBuffer(BufferPersistence):
 
     def _sample_device_memory(self, batch_size: int, out: Batch | None = None) -> Batch:
         """The core gathers keys and the small fields, the device gathers the frames."""
-        staging = self._staging.get(batch_size)
-        if staging is None:
-            staging = self._staging[batch_size] = self._new_staging(batch_size)
+        ring = self._staging.get(batch_size)
+        if ring is None:
+            ring = self._staging[batch_size] = self._new_ring(batch_size)
+        staging = ring.take()
         with self._lock, staging.lock:
             keys = staging.fill_and_copy(self._threads)
             shape = self.stacked_obs_shape
@@ -351,6 +354,10 @@ class ReplayBuffer(BufferPersistence):
             for name in ("action", "reward", "discount"):
                 getattr(out, name).copy_(getattr(keys, name))
         return out
+
+    def _new_ring(self, batch_size: int) -> StagingRing:
+        return StagingRing(partial(self._new_staging, batch_size),
+                           IN_FLIGHT if self.device.type == "cuda" else 1)
 
     def _new_staging(self, batch_size: int) -> Staging:
         batch_size = check_count("batch_size", batch_size)

@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from replay_reference import ReplayReference
 
 from fastsac import Batch, ReplayBuffer
+from fastsac._sampling import StagingRing
 
 # ---------------------------------------------------------------------------------------------
 # property tests
@@ -454,13 +455,98 @@ def test_pinned_cpu_staging_waits_for_the_gpu_before_it_is_refilled(monkeypatch)
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: events.append("wait"))
     buf.pin_memory = True  # what ReplayBuffer(pin_memory=True) holds on a GPU machine
-    staging = buf._staging[8]
+    staging = buf._staging[8].first
     staging.pin = True
     fill = staging.fill
     staging.fill = lambda threads: events.append("fill") or fill(threads)
     for _ in range(3):
         buf.sample(8)
     assert events == ["wait", "fill"] * 3
+
+
+class FakeStaging:
+    def __init__(self, name: int) -> None:
+        self.name, self.busy = name, False
+
+    def idle(self) -> bool:
+        return not self.busy
+
+
+def test_staging_ring_takes_an_idle_staging_and_grows_only_while_all_are_busy():
+    """On CUDA a staging is busy while the copy out of it waits behind the GPU's updates: the
+    ring hands out an idle one, makes another while all are busy, and at its limit takes the
+    next in turn (whose refill then waits for its copy)."""
+    made: list[FakeStaging] = []
+
+    def new() -> FakeStaging:
+        made.append(FakeStaging(len(made)))
+        return made[-1]
+
+    ring = StagingRing(new, limit=3)
+    assert [ring.take().name for _ in range(3)] == [0, 0, 0] and len(made) == 1
+    made[0].busy = True
+    assert ring.take().name == 1 and len(ring) == 2
+    assert ring.take().name == 1  # idle: taken again, nothing made
+    made[1].busy = True
+    assert ring.take().name == 2 and len(ring) == 3
+    made[0].busy = False
+    assert ring.take().name == 0  # an idle one before the limit is reached
+    made[0].busy = made[2].busy = True
+    assert [ring.take().name for _ in range(4)] == [1, 2, 0, 1] and len(made) == 3
+    one = StagingRing(new, limit=1)  # what a CPU buffer has
+    made[-1].busy = True
+    assert one.take() is one.take() is one.first
+
+
+def test_a_staging_is_busy_while_another_thread_fills_it():
+    buf = counting_buffer()
+    out = Batch(*(t.clone() for t in buf.sample(8)))
+    assert buf.sample(8, out=out) is out
+    staging = buf._staging[8].first
+    assert staging.idle() and len(buf._staging[8]) == 1
+    with staging.lock:
+        assert not staging.idle()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sampling_into_given_tensors_runs_ahead_of_the_gpu():
+    """Each batch's copy into the learner's tensors queues behind the GPU's work before it;
+    the next sample takes another pinned staging instead of waiting for that copy. The
+    batches still equal the CPU buffer's."""
+    cpu, gpu = counting_buffer("cpu"), counting_buffer("cuda")
+    first = gpu.sample(8)
+    cpu.sample(8)
+    outs = [Batch(*(torch.zeros_like(t) for t in first)) for _ in range(4)]
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda._sleep(1_000_000_000)  # GPU work (about a second) before the copies
+    for out in outs:
+        gpu.sample(8, out=out)
+    assert not stream.query(), "a sample waited for the GPU"
+    assert len(gpu._staging[8]) == 4
+    torch.cuda.synchronize()
+    for out in outs:
+        for x, y in zip(cpu.sample(8), out):
+            torch.testing.assert_close(x, y.cpu(), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_device_memory_add_does_not_wait_for_the_gpu():
+    """add() with frames in GPU memory queues their copy behind the GPU's work (the updates
+    the trainer launched) instead of waiting for it; what it stores is what host memory
+    stores."""
+    dev = ReplayBuffer(64, (1,), (1,), device="cuda", memory="device", seed=7)
+    host = ReplayBuffer(64, (1,), (1,), seed=7)
+    stream = torch.cuda.current_stream()
+    torch.cuda._sleep(1_000_000_000)
+    for t in range(40):
+        for buf in (dev, host):
+            add1(buf, [t], [t], 0.0, [t + 1], trunc=t % 10 == 9)
+    assert not stream.query(), "an add waited for the GPU"
+    torch.cuda.synchronize()
+    a, b = dev.state_dict(), host.state_dict()
+    for k in ("storage", "streams", "rng"):
+        assert np.array_equal(a[k], b[k]), k
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -582,6 +582,31 @@ def test_training_on_cuda_with_a_graph(tmp_path, env, kw, prefetch):
     assert resumed.run().agent.updates == updates + 100
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("env, kw", [
+    ("Pendulum-v1", {}), ("fastsac/PointMass-v0", dict(frame_stack=3)),
+    ("fastsac/PointMass-v0", dict(frame_stack=3, buffer_memory="device"))])
+def test_cuda_training_steps_wait_for_the_gpu_only_through_events(tmp_path, env, kw):
+    """Once the graph is captured, a training step on CUDA waits for the GPU only where it
+    must, through events (the action act() reads, a staging's copy): no .item(), no blocking
+    copy, no stream or device synchronisation, which torch's sync debug mode makes errors."""
+    cfg = quick(tmp_path, env=env, device="cuda", total_steps=10_000, **kw)
+    trainer = make_trainer(cfg)
+    try:
+        trainer.start()
+        while trainer.agent.updates < 20:  # past the capture, which synchronises
+            trainer.train_step()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(50):
+                trainer.train_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert trainer.agent.updates == 70
+    finally:
+        trainer.close()
+
+
 @pytest.mark.parametrize("num_threads, calls", [(0, []), (1, [1])])
 def test_num_threads_sets_torchs_threads_and_0_leaves_them(tmp_path, monkeypatch, num_threads,
                                                             calls):

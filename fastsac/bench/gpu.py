@@ -81,7 +81,8 @@ def _update_rows(device: torch.device, quick: bool) -> list[dict]:
     return [row(f"SAC update/s on {device}, {k} (sample + update, batch {BATCH})", "1/s",
                 ups[k], ups["seed"], lower_is_better=False,
                 note="; ".join(x for x in (notes.get(k, ""), f"first update {first[k]:.1f} s",
-                                           "best" if k == best else "") if x))
+                                           _fallback(agents[k]), "best" if k == best else "")
+                               if x))
             for k in agents]
 
 
@@ -184,7 +185,16 @@ def _train_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:
              "torch.compile": "compile='torch' (on CUDA: torch's CUDA graphs)",
              "torch.compile + graph": "compile='torch', cuda_graph=True"}
     return rows + [row(f"{name}, {k}", "1/s", sps[k], sps["seed"], lower_is_better=False,
-                       note=notes[k]) for k in variants]
+                       note=notes[k] + (f"; {FALLBACK}" if k in sps["compile_failed"] else ""))
+                   for k in variants]
+
+
+FALLBACK = "COMPILING FAILED: timed the eager update (see the log)"
+
+
+def _fallback(agent: SAC) -> str:
+    """A note for a row whose compile="torch" agent fell back to the eager update."""
+    return FALLBACK if getattr(agent._update_fn, "failed", False) else ""
 
 
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:

@@ -19,9 +19,8 @@ import gymnasium as gym
 import torch
 
 from fastsac.bench._util import block, interleaved, log, median, row, without_jit_notice
-from fastsac.config import SACConfig
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
-from fastsac.config import TrainConfig
+from fastsac.config import SACConfig, TrainConfig
 from fastsac.trainer import Trainer
 
 ENV = "HalfCheetah-v5"
@@ -66,7 +65,8 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
     """Training steps/s after learning starts of fastsac's loop (``Trainer.train_step``, what
     ``fastsac train`` repeats) and of the seed-style loop, one env each, timed in turn in
     blocks of ``calls`` steps (fastsac's, seed-style's); and under "split", fastsac's seconds
-    per step in each of its timers (act, env, buffer, update) over those blocks.
+    per step in each of its timers (act, env, buffer, update) over those blocks; under
+    "compile_failed", the loops whose ``compile="torch"`` fell back to the eager update.
 
     ``variants``: more fastsac loops timed in the same turns, name -> TrainConfig options
     (``sac`` included).
@@ -92,13 +92,14 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
         t = interleaved({**{k: block(f, calls[0], device) for k, f in steps.items()},
                          "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
         split = {k: (fast.timers[k] - before[k]) / (fast.step - step0) for k in before}
+        eager = [k for k, tr in trainers.items() if getattr(tr.agent._update_fn, "failed", False)]
     finally:
         for tr in trainers.values():
             tr.close()
         if seed is not None:
             seed.env.close()
     return {**{k: calls[0] / median(t[k]) for k in loops},
-            "seed": calls[1] / median(t["seed"]), "split": split}
+            "seed": calls[1] / median(t["seed"]), "split": split, "compile_failed": eager}
 
 
 def _vector_rows(quick: bool, tmp: Path) -> list[dict]:
