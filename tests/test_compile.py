@@ -239,6 +239,7 @@ def test_the_compiled_update_on_cuda_equals_the_eager_update(same_noise, cuda_gr
         torch.manual_seed(seed)
         m2 = compiled.update(batch)
         kept.append((m1, m2))
+    assert not compiled._update_fn.failed  # (else the eager update was compared with itself)
     # Metrics of earlier updates survive the later ones (CUDA graphs reuse their outputs).
     for m1, m2 in kept:
         for k in m1:
@@ -262,3 +263,4 @@ def test_inductors_own_noise_on_cuda_is_new_at_every_update(cuda_graph):
     compiled.load_state_dict(state)
     second = compiled.update(batch)["loss/actor"].item()
     assert math.isfinite(first) and first != second
+    assert not compiled._update_fn.failed  # eager noise would differ too
