@@ -2,7 +2,8 @@
 # The GPU check: on a machine with a CUDA GPU and a CUDA build of torch, builds fastsac, runs
 # the tests of the CUDA path, then `fastsac bench gpu`, which times the CUDA path next to the
 # seed-style learner and loop on the same GPU, then the compiled update's CUDA tests and the
-# rest of the test suite with the time left. Everything fits in BUDGET_S seconds (default 500), most important first.
+# rest of the test suite with the time left. Everything fits in BUDGET_S seconds (default
+# 500), most important first.
 #
 # Prepare once where the registries are reachable: benchmarks/gpu_prepare.sh (fills .whl/ and
 # .gl/). Then through the device tool: command "benchmarks/gpu_check.sh", carry [".whl", ".gl"],

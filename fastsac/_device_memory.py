@@ -22,8 +22,10 @@ class DeviceFrames:
 
     def __init__(self, num_envs: int, ring: int, frame_shape: tuple[int, ...],
                  obs_dtype: np.dtype, torch_dtype: torch.dtype, transition: bool,
-                 device: torch.device) -> None:
+                 device: torch.device, pin: bool) -> None:
+        """``pin``: copy each step's frames to a CUDA device through pinned memory."""
         self.ring, self.transition, self.device = ring, transition, device
+        self._pin = pin and device.type == "cuda"
         self.frame_shape, self.obs_dtype = frame_shape, obs_dtype
         rows = num_envs * ring * (2 if transition else 1)
         self.frames = torch.zeros((rows, *frame_shape), dtype=torch_dtype, device=device)
@@ -64,7 +66,7 @@ class DeviceFrames:
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
-        if self.device.type != "cuda":
+        if not self._pin:
             return t.to(self.device)
         # From pageable memory a copy would wait for all the GPU's queued work (the updates);
         # from pinned memory it queues behind them. Torch's pinned-memory cache keeps the block

@@ -1,6 +1,6 @@
 """Where sampled batches are gathered: staging memory allocated once per batch size (pinned
-for CUDA, where a ring of them lets batches queue for the device), and prefetching, which gathers the next batch in a background thread while the
-caller trains on the last one.
+for CUDA, where a ring of them lets batches queue for the device), and prefetching, which
+gathers the next batch in a background thread while the caller trains on the last one.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from fastsac import _core
 from fastsac.batch import Batch
 
 # Batches of one size that a CUDA buffer's sampling may have queued for the device at once, each
-# from its own pinned staging: the updates a host may run ahead of the GPU.
+# from its own pinned staging (the updates a host may run ahead of the GPU); fewer where they
+# would take more pinned memory than IN_FLIGHT_BYTES (image batches), but two at least.
 IN_FLIGHT = 8
+IN_FLIGHT_BYTES = 128 << 20
 
 
 class Staging:
@@ -37,8 +39,9 @@ class Staging:
         self.fill = _core.Staging(core, batch_size, h.obs.numpy(), h.next_obs.numpy(),
                                   h.action.numpy(), h.reward.numpy(), h.discount.numpy()).fill
         self.device, self.pin = device, pin
-        # CUDA only: marks the end of the last non-blocking copy out of this staging; the lock
-        # keeps two sampling threads from refilling it while the other's copy is in flight.
+        self.nbytes = sum(t.numel() * t.element_size() for t in h)
+        # CUDA only: marks the end of the last non-blocking copy out of this staging, which
+        # a refill waits for. The lock: one thread fills it at a time.
         self.copied = torch.cuda.Event() if device.type == "cuda" else None
         self.lock = threading.Lock()
 
@@ -64,8 +67,8 @@ class Staging:
         if stream is None:
             out = self._copy_out(out)
             stream = torch.cuda.current_stream(self.device)
-        else:
-            with torch.cuda.stream(stream):
+        else:  # (the device first: leaving a stream context alone would select device 0)
+            with torch.cuda.device(self.device), torch.cuda.stream(stream):
                 out = self._copy_out(out)
         self.copied.record(stream)
         return out
@@ -77,22 +80,22 @@ class Staging:
             o.copy_(t, non_blocking=self.pin)
         return out
 
-    def idle(self) -> bool:
-        """Whether taking this staging now would not wait: no thread is filling it and no copy
-        out of it is queued on the GPU."""
-        return not self.lock.locked() and (self.copied is None or self.copied.query())
+    def copy_done(self) -> bool:
+        """Whether no copy out of this staging is queued on the GPU (always, off CUDA)."""
+        return self.copied is None or self.copied.query()
 
 
 class StagingRing:
-    """The stagings of one batch size, taken in turn. On CUDA a staging stays busy until the
-    copy out of it has run, and that copy waits on its stream for the updates queued before
-    it: refilling a busy staging would make the host wait for the GPU, and let it run at most
-    one update ahead. The ring takes an idle staging instead, making another while it holds
-    fewer than ``limit`` (then it takes the next in turn, and waits). Off CUDA it holds one."""
+    """The stagings of one batch size. On CUDA a staging stays busy until the copy out of it
+    has run, and that copy waits on its stream for the updates queued before it: refilling a
+    busy staging would make the host wait for the GPU, and let it run at most one update
+    ahead. The ring takes an idle staging instead, making another while it holds fewer than
+    ``limit`` (then it takes the next in turn, and waits). Off CUDA it holds one."""
 
-    def __init__(self, new: Callable[[], Staging], limit: int) -> None:
-        self._new, self._limit = new, limit
+    def __init__(self, new: Callable[[], Staging], cuda: bool) -> None:
+        self._new = new
         self.first = new()
+        self._limit = min(IN_FLIGHT, max(2, IN_FLIGHT_BYTES // self.first.nbytes)) if cuda else 1
         self._stagings = [self.first]
         self._turn = 0
         self._lock = threading.Lock()
@@ -101,19 +104,28 @@ class StagingRing:
         return len(self._stagings)
 
     def take(self) -> Staging:
+        """A staging with its lock held, for the caller to fill and then release: one that no
+        thread holds and no copy reads from, if there is one."""
         with self._lock:
             n = len(self._stagings)
             for k in range(1, n + 1):
                 i = (self._turn + k) % n
-                if self._stagings[i].idle():
-                    self._turn = i
-                    return self._stagings[i]
+                staging = self._stagings[i]
+                if staging.lock.acquire(blocking=False):
+                    if staging.copy_done():  # (under its lock: no new copy can start)
+                        self._turn = i
+                        return staging
+                    staging.lock.release()
             if n < self._limit:
-                self._stagings.append(self._new())
+                staging = self._new()
+                staging.lock.acquire()
+                self._stagings.append(staging)
                 self._turn = n
-            else:
-                self._turn = (self._turn + 1) % n
-            return self._stagings[self._turn]
+                return staging
+            self._turn = (self._turn + 1) % n
+            staging = self._stagings[self._turn]
+        staging.lock.acquire()  # outside the ring's lock: another thread may be filling it
+        return staging
 
 
 class Prefetcher:

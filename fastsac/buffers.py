@@ -21,7 +21,7 @@ from fastsac import _core
 from fastsac._device_memory import KEY_BYTES, DeviceFrames
 from fastsac._buffer_persistence import BufferPersistence
 from fastsac._mapped import open_slots, storage_dir
-from fastsac._sampling import IN_FLIGHT, Prefetcher, Staging, StagingRing
+from fastsac._sampling import Prefetcher, Staging, StagingRing
 from fastsac._validate import (
     as_flags,
     as_float32,
@@ -61,7 +61,8 @@ class ReplayBuffer(BufferPersistence):
             one as truncated) or ``"transition"`` (``obs`` and ``next_obs`` stored as given;
             steps of a stream are linked into episodes only by ``terminated``/``truncated``).
         device: where sampled batches are returned.
-        pin_memory: pin the staging memory; defaults to True exactly when ``device`` is CUDA.
+        pin_memory: pin the staging memory (and, with ``memory="device"``, the frames on their
+            way to the device); defaults to True exactly when ``device`` is CUDA.
         seed: seed of the buffer's own sampling RNG (``None``: from the OS).
         memory: where the frames live. ``"host"``: in the C++ core's memory, gathered into
             staging and copied to ``device``. ``"device"``: in one torch tensor on ``device``
@@ -142,7 +143,7 @@ class ReplayBuffer(BufferPersistence):
         self.path = None if path is None else storage_dir(path, memory, self._file_config())
         self._frames = DeviceFrames(
             self.num_envs, ring, self.obs_shape, self.obs_dtype, self._torch_obs_dtype,
-            storage == "transition", self.device) if memory == "device" else None
+            storage == "transition", self.device, self.pin_memory) if memory == "device" else None
         self._lock = threading.Lock()  # device memory: a core add and its frames' write
         self._all_streams = np.arange(self.num_envs, dtype=np.int64)
         self._out_checked: Batch | None = None
@@ -316,9 +317,11 @@ class ReplayBuffer(BufferPersistence):
         if self._on_cpu and not self.pin_memory and out is None:
             ring.first.fill(self._threads)  # raises ValueError past num_sampleable, writes nothing
             return ring.first.host
-        staging = ring.take()
-        with staging.lock:
+        staging = ring.take()  # locked
+        try:
             return staging.fill_and_copy(self._threads, out=out)
+        finally:
+            staging.lock.release()
 
     def _check_out(self, out, batch_size: int) -> None:
         expected = Batch(
@@ -342,22 +345,24 @@ class ReplayBuffer(BufferPersistence):
         ring = self._staging.get(batch_size)
         if ring is None:
             ring = self._staging[batch_size] = self._new_ring(batch_size)
-        staging = ring.take()
-        with self._lock, staging.lock:
-            keys = staging.fill_and_copy(self._threads)
-            shape = self.stacked_obs_shape
-            obs = self._frames.gather(keys.obs, shape, None if out is None else out.obs)
-            next_obs = self._frames.gather(keys.next_obs, shape,
-                                           None if out is None else out.next_obs)
+        staging = ring.take()  # locked (before self._lock, as everywhere)
+        try:
+            with self._lock:
+                keys = staging.fill_and_copy(self._threads)
+                shape = self.stacked_obs_shape
+                obs = self._frames.gather(keys.obs, shape, None if out is None else out.obs)
+                next_obs = self._frames.gather(keys.next_obs, shape,
+                                               None if out is None else out.next_obs)
             if out is None:
                 return Batch(obs, keys.action, keys.reward, next_obs, keys.discount)
-            for name in ("action", "reward", "discount"):
+            for name in ("action", "reward", "discount"):  # (on the CPU: from the staging)
                 getattr(out, name).copy_(getattr(keys, name))
-        return out
+            return out
+        finally:
+            staging.lock.release()
 
     def _new_ring(self, batch_size: int) -> StagingRing:
-        return StagingRing(partial(self._new_staging, batch_size),
-                           IN_FLIGHT if self.device.type == "cuda" else 1)
+        return StagingRing(partial(self._new_staging, batch_size), self.device.type == "cuda")
 
     def _new_staging(self, batch_size: int) -> Staging:
         batch_size = check_count("batch_size", batch_size)

@@ -8,6 +8,8 @@ compared field by field with what the documentation says that step must give.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -465,11 +467,24 @@ def test_pinned_cpu_staging_waits_for_the_gpu_before_it_is_refilled(monkeypatch)
 
 
 class FakeStaging:
-    def __init__(self, name: int) -> None:
-        self.name, self.busy = name, False
+    """A staging whose copy out is still queued on the GPU while ``busy``."""
 
-    def idle(self) -> bool:
+    def __init__(self, name: int, nbytes: int = 1) -> None:
+        self.name, self.nbytes, self.busy = name, nbytes, False
+        self.lock = threading.Lock()
+
+    def copy_done(self) -> bool:
         return not self.busy
+
+
+def take(ring: StagingRing, queue: bool = False) -> int:
+    """The staging ``ring`` gives, released at once (as a sample releases it); ``queue``: left
+    busy, as by a copy queued behind the GPU's work."""
+    staging = ring.take()
+    assert staging.lock.locked()
+    staging.busy = staging.busy or queue
+    staging.lock.release()
+    return staging.name
 
 
 def test_staging_ring_takes_an_idle_staging_and_grows_only_while_all_are_busy():
@@ -482,30 +497,55 @@ def test_staging_ring_takes_an_idle_staging_and_grows_only_while_all_are_busy():
         made.append(FakeStaging(len(made)))
         return made[-1]
 
-    ring = StagingRing(new, limit=3)
-    assert [ring.take().name for _ in range(3)] == [0, 0, 0] and len(made) == 1
+    ring = StagingRing(new, cuda=True)
+    assert [take(ring) for _ in range(3)] == [0, 0, 0] and len(made) == 1
     made[0].busy = True
-    assert ring.take().name == 1 and len(ring) == 2
-    assert ring.take().name == 1  # idle: taken again, nothing made
+    assert take(ring) == 1 and len(ring) == 2
+    assert take(ring) == 1  # idle: taken again, nothing made
     made[1].busy = True
-    assert ring.take().name == 2 and len(ring) == 3
+    assert take(ring) == 2 and len(ring) == 3
     made[0].busy = False
-    assert ring.take().name == 0  # an idle one before the limit is reached
-    made[0].busy = made[2].busy = True
-    assert [ring.take().name for _ in range(4)] == [1, 2, 0, 1] and len(made) == 3
-    one = StagingRing(new, limit=1)  # what a CPU buffer has
-    made[-1].busy = True
-    assert one.take() is one.take() is one.first
+    assert take(ring) == 0  # an idle one before another is made
+    for staging in made:
+        staging.busy = True
+    names = [take(ring, queue=True) for _ in range(12)]
+    assert len(ring) == 8 and names[:5] == [3, 4, 5, 6, 7]  # grown to the limit
+    assert names[5:] == [0, 1, 2, 3, 4, 5, 6]  # then in turn
+    cpu = StagingRing(new, cuda=False)
+    cpu.first.busy = True
+    assert cpu.take() is cpu.first and len(cpu) == 1  # one staging off CUDA, whatever happens
+    cpu.first.lock.release()
 
 
-def test_a_staging_is_busy_while_another_thread_fills_it():
+def test_a_staging_that_another_thread_holds_is_not_taken():
+    """take() returns its staging locked: a second thread sampling the same batch size gets
+    another staging rather than waiting for the first one's fill and copy."""
+    made: list[FakeStaging] = []
+    ring = StagingRing(lambda: made.append(FakeStaging(len(made))) or made[-1], cuda=True)
+    first = ring.take()
+    second = ring.take()
+    assert first is not second and first.lock.locked() and second.lock.locked()
+    first.lock.release()
+    second.lock.release()
+
+
+def test_a_ring_of_big_stagings_stops_at_the_pinned_memory_limit():
+    made: list[FakeStaging] = []
+    ring = StagingRing(lambda: made.append(FakeStaging(len(made), 50 << 20)) or made[-1],
+                       cuda=True)
+    assert [take(ring, queue=True) for _ in range(4)] == [0, 1, 0, 1]  # 128 MiB / 50 MiB
+    ring = StagingRing(lambda: made.append(FakeStaging(len(made), 1 << 30)) or made[-1],
+                       cuda=True)
+    assert [take(ring, queue=True) for _ in range(3)] == [2, 3, 2]  # two at least
+
+
+def test_a_cpu_buffer_keeps_one_staging_per_batch_size():
     buf = counting_buffer()
     out = Batch(*(t.clone() for t in buf.sample(8)))
-    assert buf.sample(8, out=out) is out
-    staging = buf._staging[8].first
-    assert staging.idle() and len(buf._staging[8]) == 1
-    with staging.lock:
-        assert not staging.idle()
+    for _ in range(3):
+        assert buf.sample(8, out=out) is out
+    ring = buf._staging[8]
+    assert len(ring) == 1 and not ring.first.lock.locked()  # released after each sample
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -519,7 +559,7 @@ def test_cuda_sampling_into_given_tensors_runs_ahead_of_the_gpu():
     outs = [Batch(*(torch.zeros_like(t) for t in first)) for _ in range(4)]
     torch.cuda.synchronize()
     stream = torch.cuda.current_stream()
-    torch.cuda._sleep(1_000_000_000)  # GPU work (about a second) before the copies
+    torch.cuda._sleep(1_000_000_000)  # GPU work (about half a second) before the copies
     for out in outs:
         gpu.sample(8, out=out)
     assert not stream.query(), "a sample waited for the GPU"
@@ -537,11 +577,18 @@ def test_cuda_device_memory_add_does_not_wait_for_the_gpu():
     stores."""
     dev = ReplayBuffer(64, (1,), (1,), device="cuda", memory="device", seed=7)
     host = ReplayBuffer(64, (1,), (1,), seed=7)
-    stream = torch.cuda.current_stream()
-    torch.cuda._sleep(1_000_000_000)
-    for t in range(40):
+
+    def add(t):
         for buf in (dev, host):
             add1(buf, [t], [t], 0.0, [t + 1], trunc=t % 10 == 9)
+
+    for t in range(30):  # (loads the kernels, which waits for the GPU; fills torch's cache
+        add(t)           # of pinned blocks, whose later use needs no allocation)
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda._sleep(1_000_000_000)
+    for t in range(30, 40):
+        add(t)
     assert not stream.query(), "an add waited for the GPU"
     torch.cuda.synchronize()
     a, b = dev.state_dict(), host.state_dict()

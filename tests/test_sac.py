@@ -93,7 +93,10 @@ def reference_update(agent, batch, eps_next, eps):
     critic_params = [p for member in critic for layer in member for p in layer]
     critic_grads = torch.autograd.grad(critic_loss, critic_params)
     # Adam's first step: m_hat = g, v_hat = g^2, so p -= lr * g / (|g| + eps).
-    stepped = [[(w - cfg.critic_lr * gw / (gw.abs() + 1e-8), b - cfg.critic_lr * gb / (gb.abs() + 1e-8))
+    def first_step(p, g):
+        return p - cfg.critic_lr * g / (g.abs() + 1e-8)
+
+    stepped = [[(first_step(w, gw), first_step(b, gb))
                 for (w, b), (gw, gb) in zip(member, zip(grads[0::2], grads[1::2]))]
                for member, grads in zip(critic, _split(critic_grads, len(critic)))]
     stepped = [[(w.detach(), b.detach()) for w, b in member] for member in stepped]

@@ -586,22 +586,30 @@ def test_training_on_cuda_with_a_graph(tmp_path, env, kw, prefetch):
 @pytest.mark.parametrize("env, kw", [
     ("Pendulum-v1", {}), ("fastsac/PointMass-v0", dict(frame_stack=3)),
     ("fastsac/PointMass-v0", dict(frame_stack=3, buffer_memory="device"))])
-def test_cuda_training_steps_wait_for_the_gpu_only_through_events(tmp_path, env, kw):
+def test_cuda_training_steps_wait_for_the_gpu_only_through_events(tmp_path, monkeypatch, env,
+                                                                  kw):
     """Once the graph is captured, a training step on CUDA waits for the GPU only where it
     must, through events (the action act() reads, a staging's copy): no .item(), no blocking
-    copy, no stream or device synchronisation, which torch's sync debug mode makes errors."""
+    copy, no stream synchronisation (errors in torch's sync debug mode) and no
+    torch.cuda.synchronize()."""
     cfg = quick(tmp_path, env=env, device="cuda", total_steps=10_000, **kw)
     trainer = make_trainer(cfg)
     try:
         trainer.start()
         while trainer.agent.updates < 20:  # past the capture, which synchronises
             trainer.train_step()
+
+        def synchronize(*args, **kwargs):
+            raise AssertionError("torch.cuda.synchronize() in a training step")
+
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(50):
                 trainer.train_step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+            monkeypatch.undo()
         assert trainer.agent.updates == 70
     finally:
         trainer.close()
