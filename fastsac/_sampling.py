@@ -63,8 +63,7 @@ class Staging:
             for o, t in zip(out, self.host):
                 o.copy_(t)
             return out
-        # A copy runs on the current stream of the device it goes to: no device context needed.
-        if stream is None:
+        if stream is None:  # the copies run on the current stream of the device they go to
             out = self._copy_out(out)
             stream = torch.cuda.current_stream(self.device)
         else:  # (the device first: leaving a stream context alone would select device 0)
