@@ -27,6 +27,12 @@ import torch
 from fastsac import __version__
 from fastsac.networks import JIT_NOTICE
 
+def compiled_eagerly(agent) -> bool:
+    """Whether a ``compile="torch"`` SAC agent fell back to its eager update (its rows then
+    time eager code under a torch.compile label, and must say so)."""
+    return getattr(agent._update_fn, "failed", False)
+
+
 _T0 = [time.perf_counter()]
 
 

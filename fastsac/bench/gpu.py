@@ -39,8 +39,8 @@ from fastsac.batch import Batch
 from fastsac.bench import _buffer_setup as buffer_setup
 from fastsac.bench import train as bench_train
 from fastsac.bench import update as bench_update
-from fastsac.bench._util import (block, format_table, interleaved, log, median, row,
-                                 without_jit_notice)
+from fastsac.bench._util import (block, compiled_eagerly, format_table, interleaved, log, median,
+                                 row, without_jit_notice)
 from fastsac.bench.seed_style import SeedStyleSAC
 from fastsac.bench.update import ACT, BATCH, OBS
 from fastsac.buffers import ReplayBuffer
@@ -194,7 +194,7 @@ FALLBACK = "COMPILING FAILED: timed the eager update (see the log)"
 
 def _fallback(agent: SAC) -> str:
     """A note for a row whose compile="torch" agent fell back to the eager update."""
-    return FALLBACK if getattr(agent._update_fn, "failed", False) else ""
+    return FALLBACK if compiled_eagerly(agent) else ""
 
 
 def _profile_rows(device: torch.device, quick: bool, tmp: Path) -> list[dict]:

@@ -18,7 +18,8 @@ from pathlib import Path
 import gymnasium as gym
 import torch
 
-from fastsac.bench._util import block, interleaved, log, median, row, without_jit_notice
+from fastsac.bench._util import (block, compiled_eagerly, interleaved, log, median, row,
+                                 without_jit_notice)
 from fastsac.bench.seed_style import SeedStyleBuffer, SeedStyleSAC
 from fastsac.config import SACConfig, TrainConfig
 from fastsac.trainer import Trainer
@@ -92,7 +93,7 @@ def loop_rates(tmp: Path, starts: int, blocks: int, calls: tuple[int, int],
         t = interleaved({**{k: block(f, calls[0], device) for k, f in steps.items()},
                          "seed": block(seed.step, calls[1], device)}, calls=1, blocks=blocks)
         split = {k: (fast.timers[k] - before[k]) / (fast.step - step0) for k in before}
-        eager = [k for k, tr in trainers.items() if getattr(tr.agent._update_fn, "failed", False)]
+        eager = [k for k, tr in trainers.items() if compiled_eagerly(tr.agent)]
     finally:
         for tr in trainers.values():
             tr.close()
