@@ -27,6 +27,7 @@ import torch
 from fastsac import __version__
 from fastsac.networks import JIT_NOTICE
 
+
 def compiled_eagerly(agent) -> bool:
     """Whether a ``compile="torch"`` SAC agent fell back to its eager update (its rows then
     time eager code under a torch.compile label, and must say so)."""
