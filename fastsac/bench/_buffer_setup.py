@@ -49,6 +49,7 @@ FULL = Sizes(vector_capacity=1_000_000, image_capacity=100_000, seed_image_capac
 QUICK = Sizes(vector_capacity=3_003, image_capacity=2_002, seed_image_capacity=300,
               frame_pool=64, memcpy_bytes=16 << 20, vector_blocks=10, image_blocks=3)
 
+
 # -- filling -------------------------------------------------------------------------------
 def fill(fast: ReplayBuffer, fast_steps: int, seeds: dict[str, object], seed_steps: int,
          episode: Callable[[int, bool], tuple]) -> dict[str, list[float]]:
